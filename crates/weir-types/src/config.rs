@@ -1,0 +1,49 @@
+//! Where weir keeps its files, resolved from the environment.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `WEIR_HOME` | `~/.weir` | weir's own folder |
+//! | `WEIR_RESULTS_DIR` | `$WEIR_HOME/results` | the result cache folder (may be a shared mount) |
+//! | `WEIR_STATE_DB` | `$WEIR_HOME/weir.db` | the embedded SQLite database of runs |
+//! | `WEIR_REFRESH_CACHE` | unset | `1`/`true`: recompute every cached task of the run |
+//! | `WEIR_LOG` | `info` | log filter (`warn`, `debug`, `my_crate=debug`, …) |
+//! | `WEIR_PROGRESS` | `auto` | `auto`, `always` or `never`: the live progress line on stderr |
+
+use std::path::PathBuf;
+
+/// Resolved locations and switches.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub home: PathBuf,
+    pub results_dir: PathBuf,
+    pub state_db: PathBuf,
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+impl Paths {
+    /// Reads `WEIR_HOME`, `WEIR_RESULTS_DIR` and `WEIR_STATE_DB`.
+    pub fn from_env() -> Self {
+        let home = env_path("WEIR_HOME").unwrap_or_else(|| {
+            env_path("HOME")
+                .map(|h| h.join(".weir"))
+                .unwrap_or_else(|| PathBuf::from(".weir"))
+        });
+        let results_dir = env_path("WEIR_RESULTS_DIR").unwrap_or_else(|| home.join("results"));
+        let state_db = env_path("WEIR_STATE_DB").unwrap_or_else(|| home.join("weir.db"));
+        Paths {
+            home,
+            results_dir,
+            state_db,
+        }
+    }
+}
+
+/// True when an environment flag is set to `1`, `true`, `yes` or `on`.
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name)
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
