@@ -1,0 +1,410 @@
+//! The `#[weir::task]` and `#[weir::flow]` attribute macros. Use them through the `weir` crate,
+//! whose documentation describes every option.
+//!
+//! Both macros keep the user's function as an inner function and replace the outer one by
+//! a plain `fn` with the same arguments that returns a call object (`weir::TaskCall` or
+//! `weir::FlowCall`); awaiting the call object runs it under the engine. A module with the
+//! same name (modules live in the type namespace, functions in the value namespace) holds
+//! the static spec, so `my_task::SPEC` and `my_flow::schema()` are reachable by name.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::{
+    FnArg, Ident, ItemFn, LitBool, LitFloat, LitInt, LitStr, Pat, Path, ReturnType, Type, parse_macro_input,
+    spanned::Spanned,
+};
+
+/// Turns an `async fn` (or a plain `fn`, run on the blocking pool) into a weir task.
+/// See the `weir` crate for the options.
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func = parse_macro_input!(item as ItemFn);
+    let mut opts = TaskOpts::default();
+    let parser = syn::meta::parser(|meta| opts.parse(meta));
+    parse_macro_input!(attr with parser);
+    expand_task(opts, func).unwrap_or_else(|e| e.to_compile_error()).into()
+}
+
+/// Turns an `async fn` into a weir flow. See the `weir` crate.
+#[proc_macro_attribute]
+pub fn flow(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func = parse_macro_input!(item as ItemFn);
+    let mut name: Option<LitStr> = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("name") {
+            name = Some(meta.value()?.parse()?);
+            Ok(())
+        } else {
+            Err(meta.error("unknown flow option (expected: name = \"...\")"))
+        }
+    });
+    parse_macro_input!(attr with parser);
+    expand_flow(name, func).unwrap_or_else(|e| e.to_compile_error()).into()
+}
+
+#[derive(Default)]
+struct TaskOpts {
+    name: Option<LitStr>,
+    cache: Option<(String, Span)>,
+    key: Option<Path>,
+    retries: Option<u32>,
+    retry_delay: Option<u128>,
+    backoff: Option<(String, Span)>,
+    jitter: Option<f64>,
+    timeout: Option<u128>,
+    cache_expiration: Option<u128>,
+    refresh_cache: bool,
+    cache_version: Option<LitStr>,
+    serializer: Option<(String, Span)>,
+    blocking: bool,
+}
+
+fn duration_nanos(lit: &LitStr) -> syn::Result<u128> {
+    humantime::parse_duration(lit.value().trim())
+        .map(|d| d.as_nanos())
+        .map_err(|e| syn::Error::new(lit.span(), format!("invalid duration: {e} (examples: 500ms, 10s, 1d)")))
+}
+
+impl TaskOpts {
+    fn parse(&mut self, meta: syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
+        let p = &meta.path;
+        let ident = p.get_ident().map(|i| i.to_string()).unwrap_or_default();
+        match ident.as_str() {
+            "name" => self.name = Some(meta.value()?.parse()?),
+            "cache" => {
+                let lit: LitStr = meta.value()?.parse()?;
+                let v = lit.value();
+                if !matches!(v.as_str(), "inputs" | "inputs+source" | "none") {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "unknown cache policy (expected \"inputs\", \"inputs+source\" or \"none\"; for your own key use key = my_key_fn)",
+                    ));
+                }
+                self.cache = Some((v, lit.span()));
+            }
+            "key" => self.key = Some(meta.value()?.parse()?),
+            "retries" => self.retries = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?),
+            "retry_delay" => self.retry_delay = Some(duration_nanos(&meta.value()?.parse()?)?),
+            "backoff" => {
+                let lit: LitStr = meta.value()?.parse()?;
+                if !matches!(lit.value().as_str(), "fixed" | "exponential") {
+                    return Err(syn::Error::new(lit.span(), "backoff is \"fixed\" or \"exponential\""));
+                }
+                self.backoff = Some((lit.value(), lit.span()));
+            }
+            "jitter" => {
+                let lit: LitFloat = meta.value()?.parse()?;
+                let v: f64 = lit.base10_parse()?;
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(syn::Error::new(lit.span(), "jitter is a fraction between 0.0 and 1.0"));
+                }
+                self.jitter = Some(v);
+            }
+            "timeout" => self.timeout = Some(duration_nanos(&meta.value()?.parse()?)?),
+            "cache_expiration" => self.cache_expiration = Some(duration_nanos(&meta.value()?.parse()?)?),
+            "refresh_cache" => {
+                self.refresh_cache = if meta.input.peek(syn::Token![=]) {
+                    meta.value()?.parse::<LitBool>()?.value
+                } else {
+                    true
+                }
+            }
+            "cache_version" => self.cache_version = Some(meta.value()?.parse()?),
+            "serializer" => {
+                let lit: LitStr = meta.value()?.parse()?;
+                if !matches!(lit.value().as_str(), "json" | "msgpack") {
+                    return Err(syn::Error::new(lit.span(), "serializer is \"json\" or \"msgpack\""));
+                }
+                self.serializer = Some((lit.value(), lit.span()));
+            }
+            "blocking" => self.blocking = true,
+            _ => {
+                return Err(meta.error(
+                    "unknown task option (expected one of: name, cache, key, cache_version, cache_expiration, \
+                     refresh_cache, serializer, retries, retry_delay, backoff, jitter, timeout, blocking)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Arg {
+    ident: Ident,
+    mutable: bool,
+    ty: Type,
+}
+
+fn args_of(func: &ItemFn) -> syn::Result<Vec<Arg>> {
+    if !func.sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            func.sig.generics.span(),
+            "weir tasks and flows cannot be generic: their cache keys and records need one concrete signature",
+        ));
+    }
+    func.sig
+        .inputs
+        .iter()
+        .map(|arg| match arg {
+            FnArg::Receiver(r) => Err(syn::Error::new(r.span(), "weir tasks and flows are free functions, not methods")),
+            FnArg::Typed(pt) => match &*pt.pat {
+                Pat::Ident(pi) if pi.subpat.is_none() && pi.by_ref.is_none() => Ok(Arg {
+                    ident: pi.ident.clone(),
+                    mutable: pi.mutability.is_some(),
+                    ty: (*pt.ty).clone(),
+                }),
+                other => Err(syn::Error::new(
+                    other.span(),
+                    "give this argument a plain name (patterns are not supported here)",
+                )),
+            },
+        })
+        .collect()
+}
+
+fn output_type(func: &ItemFn) -> syn::Result<Type> {
+    match &func.sig.output {
+        ReturnType::Type(_, ty) => Ok((**ty).clone()),
+        ReturnType::Default => Err(syn::Error::new(
+            func.sig.ident.span(),
+            "a weir task or flow returns a Result, e.g. `-> anyhow::Result<i64>`",
+        )),
+    }
+}
+
+fn nanos(n: u128) -> TokenStream2 {
+    let n = n as u64;
+    quote!(::core::time::Duration::from_nanos(#n))
+}
+
+fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
+    let args = args_of(&func)?;
+    let out_ty = output_type(&func)?;
+    let is_async = func.sig.asyncness.is_some();
+    if opts.blocking && is_async {
+        return Err(syn::Error::new(
+            func.sig.fn_token.span(),
+            "a blocking task is a plain `fn` (it runs on the blocking thread pool); remove `async` or `blocking`",
+        ));
+    }
+    let blocking = !is_async;
+    if opts.key.is_some() && opts.cache.as_ref().is_some_and(|(c, _)| c == "none") {
+        return Err(syn::Error::new(opts.cache.as_ref().map(|c| c.1).unwrap_or_else(Span::call_site), "`key` and cache = \"none\" contradict each other"));
+    }
+
+    let vis = &func.vis;
+    let attrs = &func.attrs;
+    let name = &func.sig.ident;
+    let name_str = opts.name.as_ref().map(|l| l.value()).unwrap_or_else(|| name.to_string());
+    let body_ident = format_ident!("__weir_task_body");
+
+    // The source hash covers the whole item as written (signature and body; comments are not
+    // tokens), so editing this task invalidates its cache and no other task's.
+    let source_hash = blake3::hash(quote!(#func).to_string().as_bytes()).to_hex().to_string();
+
+    let policy = match (&opts.key, opts.cache.as_ref().map(|c| c.0.as_str())) {
+        (Some(_), _) => quote!(::weir::CachePolicy::Custom),
+        (None, Some("inputs")) => quote!(::weir::CachePolicy::Inputs),
+        (None, Some("inputs+source")) => quote!(::weir::CachePolicy::InputsAndSource),
+        _ => quote!(::weir::CachePolicy::None),
+    };
+    let cached = opts.key.is_some() || matches!(opts.cache.as_ref().map(|c| c.0.as_str()), Some("inputs" | "inputs+source"));
+    let retries = opts.retries.unwrap_or(0);
+    let retry_delay = nanos(opts.retry_delay.unwrap_or(0));
+    let backoff = match opts.backoff.as_ref().map(|b| b.0.as_str()) {
+        Some("exponential") => quote!(::weir::Backoff::Exponential),
+        _ => quote!(::weir::Backoff::Fixed),
+    };
+    let jitter = opts.jitter.unwrap_or(0.0);
+    let timeout = match opts.timeout {
+        Some(n) => {
+            let d = nanos(n);
+            quote!(::core::option::Option::Some(#d))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let expiration = match opts.cache_expiration {
+        Some(n) => {
+            let d = nanos(n);
+            quote!(::core::option::Option::Some(#d))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let refresh = opts.refresh_cache;
+    let cache_version = opts.cache_version.as_ref().map(|l| l.value()).unwrap_or_default();
+    let format = match opts.serializer.as_ref().map(|s| s.0.as_str()) {
+        Some("msgpack") => quote!(::weir::Format::MsgPack),
+        _ => quote!(::weir::Format::Json),
+    };
+    let param_names: Vec<String> = args.iter().map(|a| a.ident.to_string()).collect();
+
+    // The outer function takes the arguments by value, without `mut`.
+    let outer_params = args.iter().map(|a| {
+        let (i, t) = (&a.ident, &a.ty);
+        quote!(#i: #t)
+    });
+    let idents: Vec<&Ident> = args.iter().map(|a| &a.ident).collect();
+    let inner_params = args.iter().map(|a| {
+        let (i, t) = (&a.ident, &a.ty);
+        if a.mutable { quote!(mut #i: #t) } else { quote!(#i: #t) }
+    });
+    let inner_body = &func.block;
+    let inner_fn = if is_async {
+        quote!(async fn #body_ident(#(#inner_params),*) -> #out_ty #inner_body)
+    } else {
+        quote!(fn #body_ident(#(#inner_params),*) -> #out_ty #inner_body)
+    };
+
+    let run_body = if blocking {
+        quote!(::weir::__private::blocking(move || ::weir::TaskOutput::into_result(#body_ident(#(#idents),*))))
+    } else {
+        quote!(::weir::__private::boxed(async move { ::weir::TaskOutput::into_result(#body_ident(#(#idents),*).await) }))
+    };
+
+    // Retries need the inputs again for every attempt, so they are cloned; a task without
+    // retries moves them in once and needs no `Clone`.
+    let attempt = if retries > 0 {
+        quote! {
+            move || {
+                #(let #idents = ::core::clone::Clone::clone(&#idents);)*
+                #run_body
+            }
+        }
+    } else {
+        quote! {
+            {
+                let mut __weir_args = ::core::option::Option::Some((#(#idents,)*));
+                move || match __weir_args.take() {
+                    ::core::option::Option::Some((#(#idents,)*)) => #run_body,
+                    ::core::option::Option::None => ::weir::__private::already_ran(),
+                }
+            }
+        }
+    };
+
+    let key_material = if let Some(key_fn) = &opts.key {
+        quote! {
+            ::weir::__private::KeyMaterial::custom(::weir::__private::digest(&#key_fn(#(&#idents),*)))
+        }
+    } else {
+        let names = &param_names;
+        quote! {
+            ::weir::__private::KeyMaterial::inputs(::std::vec![#((#names, ::weir::__private::digest(&#idents))),*])
+        }
+    };
+
+    let construct = if cached {
+        quote!(::weir::TaskCall::__cached(&#name::SPEC, #key_material, #attempt))
+    } else {
+        quote!(::weir::TaskCall::__new(&#name::SPEC, #attempt))
+    };
+
+    Ok(quote! {
+        #(#attrs)*
+        #[allow(clippy::too_many_arguments)]
+        #vis fn #name(#(#outer_params),*) -> ::weir::TaskCall<<#out_ty as ::weir::TaskOutput>::Ok> {
+            #inner_fn
+            #construct
+        }
+
+        #[doc(hidden)]
+        #[allow(non_snake_case, dead_code)]
+        #vis mod #name {
+            /// The static description of this task.
+            pub static SPEC: ::weir::TaskSpec = ::weir::TaskSpec {
+                name: #name_str,
+                path: ::core::module_path!(),
+                source_hash: #source_hash,
+                cache: #policy,
+                cache_version: #cache_version,
+                cache_expiration: #expiration,
+                refresh_cache: #refresh,
+                format: #format,
+                retries: #retries,
+                retry_delay: #retry_delay,
+                backoff: #backoff,
+                jitter: #jitter,
+                timeout: #timeout,
+                blocking: #blocking,
+                params: &[#(#param_names),*],
+            };
+        }
+    })
+}
+
+fn expand_flow(name_attr: Option<LitStr>, func: ItemFn) -> syn::Result<TokenStream2> {
+    let args = args_of(&func)?;
+    let out_ty = output_type(&func)?;
+    if func.sig.asyncness.is_none() {
+        return Err(syn::Error::new(func.sig.fn_token.span(), "a weir flow is an `async fn`"));
+    }
+    let vis = &func.vis;
+    let attrs = &func.attrs;
+    let name = &func.sig.ident;
+    let name_str = name_attr.as_ref().map(|l| l.value()).unwrap_or_else(|| name.to_string());
+    let body_ident = format_ident!("__weir_flow_body");
+    let idents: Vec<&Ident> = args.iter().map(|a| &a.ident).collect();
+    let tys: Vec<&Type> = args.iter().map(|a| &a.ty).collect();
+    let outer_params = args.iter().map(|a| {
+        let (i, t) = (&a.ident, &a.ty);
+        quote!(#i: #t)
+    });
+    let inner_params = args.iter().map(|a| {
+        let (i, t) = (&a.ident, &a.ty);
+        if a.mutable { quote!(mut #i: #t) } else { quote!(#i: #t) }
+    });
+    let inner_body = &func.block;
+    let doc = format!("The parameters of the `{name_str}` flow, as the API and UI see them.");
+
+    Ok(quote! {
+        #(#attrs)*
+        #[allow(clippy::too_many_arguments)]
+        #vis fn #name(#(#outer_params),*) -> ::weir::FlowCall<<#out_ty as ::weir::TaskOutput>::Ok> {
+            async fn #body_ident(#(#inner_params),*) -> #out_ty #inner_body
+
+            #[derive(::weir::__private::serde::Serialize)]
+            #[serde(crate = "::weir::__private::serde")]
+            struct __WeirParamsRef<'a> {
+                #(#idents: &'a #tys,)*
+                #[serde(skip)]
+                __weir_marker: ::core::marker::PhantomData<&'a ()>,
+            }
+            let __weir_params = ::weir::__private::params_json(&__WeirParamsRef {
+                #(#idents: &#idents,)*
+                __weir_marker: ::core::marker::PhantomData,
+            });
+            ::weir::FlowCall::__new(
+                &#name::SPEC,
+                __weir_params,
+                ::weir::__private::boxed(async move { ::weir::TaskOutput::into_result(#body_ident(#(#idents),*).await) }),
+            )
+        }
+
+        #[doc(hidden)]
+        #[allow(non_snake_case, dead_code, unused_imports)]
+        #vis mod #name {
+            use super::*;
+
+            #[doc = #doc]
+            #[derive(::weir::__private::serde::Serialize, ::weir::__private::serde::Deserialize, ::weir::__private::schemars::JsonSchema)]
+            #[serde(crate = "::weir::__private::serde", deny_unknown_fields)]
+            #[schemars(crate = "::weir::__private::schemars")]
+            pub struct Params {
+                #(pub #idents: #tys,)*
+            }
+
+            /// The JSON Schema of this flow's parameters.
+            pub fn schema() -> ::weir::__private::serde_json::Value {
+                ::weir::__private::schema_of::<Params>()
+            }
+
+            /// The static description of this flow.
+            pub static SPEC: ::weir::FlowSpec = ::weir::FlowSpec {
+                name: #name_str,
+                path: ::core::module_path!(),
+                schema,
+            };
+        }
+    })
+}

@@ -1,0 +1,109 @@
+//! The process-wide engine: settings, the result store, and where run state is recorded.
+//!
+//! Started lazily by the first flow or task. Recording goes through a [`Transport`]; today
+//! the only one is the embedded SQLite writer, and a server client will be the second.
+
+use std::sync::{Arc, OnceLock};
+
+use futures::future::BoxFuture;
+use weir_cache::{FolderStore, ResultStore};
+use weir_state::{Event, Writer};
+
+use crate::console::Console;
+use crate::settings::{CONFIGURED, Settings};
+
+/// Where run state goes. One code path records state; transports only carry it.
+pub(crate) trait Transport: Send + Sync {
+    fn send(&self, event: Event);
+    /// Resolves once everything sent so far is durable.
+    fn flush(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+impl Transport for Writer {
+    fn send(&self, event: Event) {
+        Writer::send(self, event)
+    }
+    fn flush(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { Writer::flush(self).await.map_err(|e| e.to_string()) })
+    }
+}
+
+pub(crate) struct Engine {
+    pub settings: Settings,
+    pub store: Option<Arc<dyn ResultStore>>,
+    pub transport: Option<Box<dyn Transport>>,
+    pub hostname: String,
+    pub pid: u32,
+    pub console: Console,
+}
+
+static ENGINE: OnceLock<Engine> = OnceLock::new();
+
+pub(crate) fn started() -> bool {
+    ENGINE.get().is_some()
+}
+
+/// The engine, if it has started (for the log layer, which must not start it).
+pub(crate) fn try_get() -> Option<&'static Engine> {
+    ENGINE.get()
+}
+
+/// The engine, starting it on first use.
+pub(crate) fn get() -> &'static Engine {
+    ENGINE.get_or_init(|| {
+        let settings = CONFIGURED.get().cloned().unwrap_or_else(Settings::from_env);
+        let console = Console::new(settings.progress);
+        crate::logging::install(&settings.log_filter);
+        // Problems here must not stop the user's flow: without a store tasks run uncached,
+        // without a database runs are not recorded. Both are reported once, plainly.
+        let store: Option<Arc<dyn ResultStore>> = match FolderStore::open(&settings.results_dir) {
+            Ok(s) => Some(Arc::new(if settings.fsync { s } else { s.without_fsync() })),
+            Err(e) => {
+                console.line(&format!("weir: warning: result cache disabled: {e}"));
+                None
+            }
+        };
+        let transport: Option<Box<dyn Transport>> = match &settings.state_db {
+            None => None,
+            Some(path) => match Writer::start(path) {
+                Ok(w) => Some(Box::new(w)),
+                Err(e) => {
+                    console.line(&format!("weir: warning: runs will not be recorded: {e}"));
+                    None
+                }
+            },
+        };
+        Engine {
+            settings,
+            store,
+            transport,
+            hostname: hostname(),
+            pid: std::process::id(),
+            console,
+        }
+    })
+}
+
+impl Engine {
+    pub fn record(&self, event: Event) {
+        if let Some(t) = &self.transport {
+            t.send(event);
+        }
+    }
+
+    pub async fn flush(&self) -> Result<(), String> {
+        match &self.transport {
+            Some(t) => t.flush().await,
+            None => Ok(()),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
