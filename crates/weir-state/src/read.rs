@@ -99,7 +99,8 @@ impl StateDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Finds one flow run by its id or a unique prefix of it (dashes optional).
+    /// Finds one flow run by its id, or a unique prefix or suffix of it (dashes optional).
+    /// Tables show the last eight digits, so those work.
     pub fn find_flow_run(&self, prefix: &str) -> Result<FlowRunRecord, RunLookupError> {
         let wanted: String = prefix.chars().filter(|c| *c != '-').collect::<String>().to_ascii_lowercase();
         if wanted.is_empty() || wanted.len() > 32 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -107,7 +108,8 @@ impl StateDb {
         }
         // Compare on the id without dashes; `wanted` is hex only, so LIKE needs no escaping.
         let sql = format!(
-            "SELECT {FLOW_COLS} FROM flow_runs WHERE replace(id, '-', '') LIKE ?1 || '%'
+            "SELECT {FLOW_COLS} FROM flow_runs
+             WHERE replace(id, '-', '') LIKE ?1 || '%' OR replace(id, '-', '') LIKE '%' || ?1
              ORDER BY created_at DESC LIMIT 6"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(StateError::from)?;

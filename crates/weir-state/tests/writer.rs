@@ -93,6 +93,7 @@ fn lookup_by_prefix_reports_unknown_invalid_and_ambiguous() {
 
     assert_eq!(db.find_flow_run(&a.to_string()).unwrap().id, a);
     assert_eq!(db.find_flow_run(&a.0.simple().to_string()).unwrap().id, a);
+    assert_eq!(db.find_flow_run(&a.short()).unwrap().id, a, "the short id shown in tables");
     // Ids made in the same millisecond share a long prefix; one hex digit is surely ambiguous.
     let first = &a.to_string()[..1];
     assert!(matches!(db.find_flow_run(first), Err(RunLookupError::Ambiguous { .. })));

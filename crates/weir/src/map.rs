@@ -14,7 +14,8 @@ pub const DEFAULT_MAP_LIMIT: usize = 1024;
 
 /// Many task calls run concurrently; resolves to their results in input order.
 ///
-/// On the first failure the task runs still in flight are cancelled and the error returned.
+/// On the first failure (in completion order) the task runs still in flight are cancelled
+/// (recorded as `Cancelled`) and the error is returned.
 #[must_use = "a map does nothing until it is awaited"]
 pub struct MapCall<T> {
     calls: Option<Vec<TaskCall<T>>>,
@@ -47,20 +48,22 @@ impl<T: Send + 'static> Future for MapCall<T> {
             let limit = self.limit;
             self.running = Some(Box::pin(async move {
                 let n = calls.len();
-                // Each call is spawned only when the window has room, so `limit` bounds
-                // how many run at once; `buffered` hands results back in input order.
-                let mut results = futures::stream::iter(calls)
-                    .map(|call| {
+                // Each call is spawned only when the window has room, so `limit` bounds how
+                // many run at once. Results arrive in completion order, so the first failure
+                // is seen at once; slots put them back in input order.
+                let mut results = futures::stream::iter(calls.into_iter().enumerate())
+                    .map(|(i, call)| {
                         let mut handle = call.submit();
                         handle.abort_on_drop = true;
-                        handle
+                        async move { (i, handle.await) }
                     })
-                    .buffered(limit);
-                let mut out = Vec::with_capacity(n);
-                while let Some(r) = results.next().await {
-                    out.push(r?);
+                    .buffer_unordered(limit);
+                let mut slots: Vec<Option<T>> = std::iter::repeat_with(|| None).take(n).collect();
+                while let Some((i, r)) = results.next().await {
+                    // Returning drops `results`, whose handles abort the runs still in flight.
+                    slots[i] = Some(r?);
                 }
-                Ok(out)
+                Ok(slots.into_iter().flatten().collect())
             }));
         }
         match &mut self.running {

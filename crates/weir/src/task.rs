@@ -368,8 +368,13 @@ impl TaskRun {
             self.done = true;
         }
         if let Some(flow) = &self.flow {
-            let counters = [&flow.counters, &flow.root_counters];
             use std::sync::atomic::Ordering::Relaxed;
+            let root_is_own = Arc::ptr_eq(&flow.counters, &flow.root_counters);
+            let counters = if root_is_own {
+                &[&flow.counters][..]
+            } else {
+                &[&flow.counters, &flow.root_counters][..]
+            };
             for c in counters {
                 match state {
                     State::Running if self.rec.attempt == 1 => {

@@ -1,0 +1,35 @@
+//! The `weir` command. Thin glue: argument parsing here, work in the library crates.
+
+mod runs;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "weir: flows, tasks and a result cache that works across machines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Flow runs recorded on this machine (in WEIR_HOME's state database).
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Runs(cmd) => runs::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
