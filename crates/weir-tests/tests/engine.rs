@@ -1,0 +1,704 @@
+//! The flow/task engine in one process: states, retries, timeouts, concurrency, the cache,
+//! and what lands in the state database.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use weir::prelude::*;
+use weir::{CachePolicy, FlowRunId, State};
+use weir_cache::{CacheKey, FolderStore, ResultStore};
+use weir_state::StateDb;
+
+struct Env {
+    results: PathBuf,
+    db: PathBuf,
+}
+
+/// One engine per test binary: a fresh results folder and database, kept for the run.
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let env = Env {
+            results: dir.join("results"),
+            db: dir.join("weir.db"),
+        };
+        let mut settings = weir::Settings::from_env();
+        settings.results_dir = env.results.clone();
+        settings.state_db = Some(env.db.clone());
+        settings.refresh_cache = false;
+        settings.log_filter = "info".into();
+        settings.progress = weir::ProgressMode::Never;
+        weir::configure(settings).unwrap();
+        env
+    })
+}
+
+fn db() -> StateDb {
+    StateDb::open_existing(&env().db).unwrap()
+}
+
+/// A value no other test (or earlier run) uses, so cache entries never collide.
+fn unique() -> u64 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let pid = std::process::id() as u64;
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    t ^ (pid << 32) ^ N.fetch_add(1, Ordering::Relaxed) as u64
+}
+
+/// How often each keyed body really ran.
+fn runs() -> &'static Mutex<HashMap<String, u32>> {
+    static RUNS: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();
+    RUNS.get_or_init(Default::default)
+}
+
+fn bump(what: &str) -> u32 {
+    let mut m = runs().lock().unwrap();
+    let n = m.entry(what.to_string()).or_default();
+    *n += 1;
+    *n
+}
+
+fn count(what: &str) -> u32 {
+    runs().lock().unwrap().get(what).copied().unwrap_or(0)
+}
+
+// ---------- retries, timeouts, failures ----------
+
+#[weir::task(retries = 2, retry_delay = "10ms")]
+async fn flaky(id: u64) -> anyhow::Result<u64> {
+    let attempt = bump(&format!("flaky-{id}"));
+    if attempt < 3 {
+        anyhow::bail!("transient failure {attempt}");
+    }
+    Ok(attempt as u64)
+}
+
+#[weir::flow]
+async fn retry_flow(id: u64) -> anyhow::Result<u64> {
+    Ok(flaky(id).await?)
+}
+
+#[tokio::test]
+async fn a_task_that_fails_twice_then_succeeds_is_retried() {
+    env();
+    let id = unique();
+    let (result, report) = retry_flow(id).with_report().await;
+    assert_eq!(result.unwrap(), 3);
+    assert_eq!(count(&format!("flaky-{id}")), 3);
+
+    let tasks = db().task_runs(report.flow_run_id).unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].state, State::Completed);
+    assert_eq!(tasks[0].attempt, 3);
+    let history: Vec<State> = db()
+        .states(report.flow_run_id)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.task_run_id == Some(tasks[0].id))
+        .map(|s| s.state)
+        .collect();
+    use State::*;
+    assert_eq!(history, vec![Pending, Running, Retrying, Running, Retrying, Running, Completed]);
+}
+
+#[weir::task(retries = 1, retry_delay = "1ms")]
+async fn always_fails(msg: String) -> anyhow::Result<()> {
+    Err(anyhow::anyhow!("disk quota exceeded").context(format!("writing {msg}")))
+}
+
+#[weir::flow]
+async fn failing_flow(msg: String) -> anyhow::Result<()> {
+    always_fails(msg).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_task_fails_its_flow_with_the_whole_error_chain() {
+    env();
+    let (result, report) = failing_flow("report.csv".into()).with_report().await;
+    let err = result.unwrap_err();
+    assert_eq!(err.state, State::Failed);
+    let err = anyhow::Error::from(err);
+    let text = format!("{err:#}");
+    assert!(text.contains("always_fails"), "{text}");
+    assert!(text.contains("failed after 2 attempts"), "{text}");
+    assert!(text.contains("writing report.csv: disk quota exceeded"), "{text}");
+    assert_eq!(report.failed, 1);
+
+    let run = db().flow_run(report.flow_run_id).unwrap().unwrap();
+    assert_eq!(run.state, State::Failed);
+    assert!(run.error.unwrap().contains("disk quota exceeded"));
+}
+
+#[weir::task(timeout = "50ms")]
+async fn hangs() -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(())
+}
+
+#[weir::flow]
+async fn timeout_flow() -> anyhow::Result<()> {
+    Ok(hangs().await?)
+}
+
+#[tokio::test]
+async fn a_task_past_its_timeout_is_timed_out() {
+    env();
+    let (result, report) = timeout_flow().with_report().await;
+    let text = format!("{:#}", anyhow::Error::from(result.unwrap_err()));
+    assert!(text.contains("timed out"), "{text}");
+    let tasks = db().task_runs(report.flow_run_id).unwrap();
+    assert_eq!(tasks[0].state, State::TimedOut);
+}
+
+#[weir::task]
+async fn panics(x: u64) -> anyhow::Result<u64> {
+    if x > 0 {
+        panic!("index out of bounds in task");
+    }
+    Ok(x)
+}
+
+#[weir::flow]
+async fn panic_flow() -> anyhow::Result<u64> {
+    Ok(panics(1).await?)
+}
+
+#[tokio::test]
+async fn a_panicking_task_is_crashed_not_a_crashed_process() {
+    env();
+    let (result, report) = panic_flow().with_report().await;
+    let text = format!("{:#}", anyhow::Error::from(result.unwrap_err()));
+    assert!(text.contains("index out of bounds in task"), "{text}");
+    assert_eq!(db().task_runs(report.flow_run_id).unwrap()[0].state, State::Crashed);
+}
+
+// ---------- concurrency ----------
+
+#[weir::task]
+async fn echo_after(x: u64) -> anyhow::Result<u64> {
+    // Later items finish first, so ordering is up to the engine.
+    tokio::time::sleep(Duration::from_millis(50 - x * 8)).await;
+    Ok(x)
+}
+
+#[weir::flow]
+async fn map_flow(xs: Vec<u64>) -> anyhow::Result<Vec<u64>> {
+    Ok(echo_after.map(xs).await?)
+}
+
+#[tokio::test]
+async fn map_keeps_input_order() {
+    env();
+    let xs = vec![0, 1, 2, 3, 4, 5];
+    let (result, report) = map_flow(xs.clone()).with_report().await;
+    assert_eq!(result.unwrap(), xs);
+    assert_eq!(report.completed, 6);
+}
+
+#[weir::task]
+async fn meet(barrier: Arc<tokio::sync::Barrier>) -> anyhow::Result<()> {
+    // Returns only once both calls are inside their bodies at the same time.
+    barrier.wait().await;
+    Ok(())
+}
+
+#[weir::flow]
+async fn overlap_flow(barrier: Barrier) -> anyhow::Result<()> {
+    let a = meet(barrier.0.clone()).submit();
+    let b = meet(barrier.0.clone()).submit();
+    a.await?;
+    b.await?;
+    let (c, d) = tokio::join!(meet(barrier.0.clone()), meet(barrier.0.clone()));
+    c?;
+    d?;
+    weir::all([meet(barrier.0.clone()), meet(barrier.0.clone())]).await?;
+    Ok(())
+}
+
+/// A flow parameter that is not data: skipped when recorded, no schema.
+#[derive(Clone)]
+struct Barrier(Arc<tokio::sync::Barrier>);
+impl serde::Serialize for Barrier {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+impl<'de> serde::Deserialize<'de> for Barrier {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d)?;
+        Ok(Barrier(Arc::new(tokio::sync::Barrier::new(2))))
+    }
+}
+impl schemars::JsonSchema for Barrier {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Barrier".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "null"})
+    }
+}
+
+#[tokio::test]
+async fn submitted_joined_and_mapped_tasks_really_overlap() {
+    env();
+    let barrier = Barrier(Arc::new(tokio::sync::Barrier::new(2)));
+    // If the two calls of any pair ran one after the other, the first would wait forever.
+    tokio::time::timeout(Duration::from_secs(20), overlap_flow(barrier))
+        .await
+        .expect("tasks started together must overlap")
+        .unwrap();
+}
+
+#[weir::task]
+fn blocking_recv(rx: Arc<Mutex<std::sync::mpsc::Receiver<u64>>>) -> anyhow::Result<u64> {
+    // Blocks its thread until the async side sends.
+    let v = rx.lock().unwrap().recv_timeout(Duration::from_secs(20))?;
+    Ok(v)
+}
+
+#[weir::task]
+async fn async_send(tx: std::sync::mpsc::Sender<u64>) -> anyhow::Result<()> {
+    tx.send(42)?;
+    Ok(())
+}
+
+#[weir::flow]
+async fn blocking_flow(_n: u64) -> anyhow::Result<u64> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiting = blocking_recv(Arc::new(Mutex::new(rx))).submit();
+    async_send(tx).await?;
+    Ok(waiting.await?)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_tasks_do_not_stall_the_runtime() {
+    env();
+    // One runtime thread: if the blocking task ran on it, the sender could never run.
+    assert_eq!(blocking_flow(1).await.unwrap(), 42);
+}
+
+#[weir::task]
+async fn slow_ok(x: u64) -> anyhow::Result<u64> {
+    if x == 0 {
+        anyhow::bail!("item 0 is bad");
+    }
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(x)
+}
+
+#[weir::flow]
+async fn fail_fast_flow() -> anyhow::Result<Vec<u64>> {
+    Ok(slow_ok.map([5, 6, 0]).await?)
+}
+
+#[tokio::test]
+async fn a_failing_map_item_cancels_the_rest_at_once() {
+    env();
+    let (result, report) = tokio::time::timeout(Duration::from_secs(20), fail_fast_flow().with_report())
+        .await
+        .expect("the map must not wait for the slow items");
+    assert!(format!("{:#}", anyhow::Error::from(result.unwrap_err())).contains("item 0 is bad"));
+    let mut states: Vec<State> = db().task_runs(report.flow_run_id).unwrap().into_iter().map(|t| t.state).collect();
+    states.sort_by_key(|s| s.as_str());
+    assert_eq!(states, vec![State::Cancelled, State::Cancelled, State::Failed]);
+}
+
+#[weir::task]
+async fn note(flag: Arc<AtomicU32>) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    flag.store(1, Ordering::SeqCst);
+    Ok(())
+}
+
+#[weir::flow]
+async fn forgetful_flow(flag: Barrier2) -> anyhow::Result<()> {
+    // Submitted and never awaited: the flow run still waits for it.
+    let _ = note(flag.0).submit();
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Barrier2(Arc<AtomicU32>);
+impl serde::Serialize for Barrier2 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+impl<'de> serde::Deserialize<'de> for Barrier2 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d)?;
+        Ok(Barrier2(Arc::default()))
+    }
+}
+impl schemars::JsonSchema for Barrier2 {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Flag".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "null"})
+    }
+}
+
+#[tokio::test]
+async fn a_flow_run_waits_for_tasks_it_submitted_and_dropped() {
+    env();
+    let flag = Arc::new(AtomicU32::new(0));
+    let (result, report) = forgetful_flow(Barrier2(flag.clone())).with_report().await;
+    result.unwrap();
+    assert_eq!(flag.load(Ordering::SeqCst), 1);
+    assert_eq!(report.completed, 1);
+}
+
+// ---------- subflows, logs, parameters ----------
+
+#[weir::task]
+async fn chatty(word: String) -> anyhow::Result<usize> {
+    tracing::info!(word = %word, "saying {word}");
+    Ok(word.len())
+}
+
+#[weir::flow]
+async fn child(word: String) -> anyhow::Result<usize> {
+    Ok(chatty(word).await?)
+}
+
+#[weir::flow(name = "parent-flow")]
+async fn parent(words: Vec<String>) -> anyhow::Result<usize> {
+    let mut total = 0;
+    for w in words {
+        total += child(w).await?;
+    }
+    Ok(total)
+}
+
+#[tokio::test]
+async fn subflows_are_linked_runs_and_task_logs_are_recorded_with_their_task_run() {
+    env();
+    let word = format!("hello-{}", unique());
+    let (result, report) = parent(vec![word.clone(), "x".into()]).with_report().await;
+    assert_eq!(result.unwrap(), word.len() + 1);
+
+    let db = db();
+    let run = db.flow_run(report.flow_run_id).unwrap().unwrap();
+    assert_eq!(run.flow_name, "parent-flow");
+    assert_eq!(run.parameters, serde_json::json!({ "words": [word.clone(), "x"] }));
+    let children = db.subflow_runs(report.flow_run_id).unwrap();
+    assert_eq!(children.len(), 2);
+    assert!(children.iter().all(|c| c.flow_name == "child" && c.state == State::Completed));
+
+    let first: FlowRunId = children[0].id;
+    let task = &db.task_runs(first).unwrap()[0];
+    let logs = db.logs(first).unwrap();
+    let line = logs.iter().find(|l| l.message.contains(&word)).expect("the task's log line is recorded");
+    assert_eq!(line.task_run_id, Some(task.id));
+    assert_eq!(line.level, "INFO");
+    assert!(line.message.contains(&format!("word={word}")), "{}", line.message);
+}
+
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+struct Region {
+    name: String,
+    zoom: Option<u8>,
+}
+
+#[weir::flow]
+async fn typed_params(region: Region, days: u32) -> anyhow::Result<u32> {
+    Ok(days + region.zoom.unwrap_or(0) as u32 + region.name.len() as u32)
+}
+
+#[test]
+fn flows_expose_the_json_schema_of_their_parameters() {
+    let schema = typed_params::schema();
+    let props = &schema["properties"];
+    assert_eq!(props["days"]["type"], "integer");
+    assert!(props["region"].is_object(), "{schema}");
+    let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(required, vec!["region", "days"]);
+    assert_eq!(typed_params::SPEC.parameters_schema(), schema);
+    // Parameters from JSON are checked by the same types.
+    let bad = serde_json::from_value::<typed_params::Params>(serde_json::json!({"region": {"name": "x"}, "days": "3"}));
+    assert!(bad.err().unwrap().to_string().contains("invalid type"));
+    let unknown = serde_json::from_value::<typed_params::Params>(serde_json::json!({"region": {"name": "x"}, "days": 3, "dayz": 1}));
+    assert!(unknown.err().unwrap().to_string().contains("unknown field"));
+}
+
+// ---------- the cache ----------
+
+#[weir::task(cache = "inputs")]
+async fn double(x: u64) -> anyhow::Result<u64> {
+    bump(&format!("double-{x}"));
+    Ok(x * 2)
+}
+
+#[weir::flow]
+async fn double_flow(x: u64) -> anyhow::Result<u64> {
+    Ok(double(x).await?)
+}
+
+fn store() -> FolderStore {
+    FolderStore::open(&env().results).unwrap()
+}
+
+fn key_of(call: weir::TaskCall<u64>) -> CacheKey {
+    call.cache_key().unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn a_second_call_with_the_same_inputs_is_a_hit() {
+    env();
+    let x = unique() % 1_000_000;
+    let (a, ra) = double_flow(x).with_report().await;
+    let (b, rb) = double_flow(x).with_report().await;
+    assert_eq!((a.unwrap(), b.unwrap()), (x * 2, x * 2));
+    assert_eq!((ra.cached, rb.cached), (0, 1));
+    assert_eq!(count(&format!("double-{x}")), 1);
+    let tasks = db().task_runs(rb.flow_run_id).unwrap();
+    assert_eq!(tasks[0].state, State::Cached);
+    assert_eq!(tasks[0].cache_status, weir::CacheStatus::Hit);
+    assert_eq!(tasks[0].cache_key.as_deref(), Some(key_of(double(x)).to_hex().as_str()));
+}
+
+#[tokio::test]
+async fn corrupted_truncated_or_mistyped_entries_are_recomputed() {
+    env();
+    let x = unique() % 1_000_000 + 1_000_000;
+    let what = format!("double-{x}");
+    double_flow(x).await.unwrap();
+    let key = key_of(double(x));
+    let store = store();
+    let manifest = store.manifest_path(&key);
+    let meta: weir_cache::EntryMeta = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(meta.task, double::SPEC.path);
+    assert_eq!(meta.inputs[0].name, "x");
+
+    // A damaged blob.
+    std::fs::write(store.blob_path(&meta.blob), b"{{{{").unwrap();
+    assert_eq!(double_flow(x).await.unwrap(), x * 2);
+    assert_eq!(count(&what), 2);
+    assert_eq!(double_flow(x).await.unwrap(), x * 2);
+    assert_eq!(count(&what), 2, "the repaired entry is a hit again");
+
+    // A truncated manifest.
+    let raw = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, &raw[..raw.len() / 2]).unwrap();
+    assert_eq!(double_flow(x).await.unwrap(), x * 2);
+    assert_eq!(count(&what), 3);
+
+    // A well-formed entry holding another type (the task's return type changed).
+    let mut wrong = meta.clone();
+    store
+        .put(&mut wrong, br#""not a number""#, weir_cache::PutMode::Replace)
+        .unwrap();
+    let (r, report) = double_flow(x).with_report().await;
+    assert_eq!(r.unwrap(), x * 2);
+    assert_eq!(count(&what), 4);
+    let logs = db().logs(report.flow_run_id).unwrap();
+    assert!(
+        logs.iter().any(|l| l.level == "WARN" && l.message.contains("cannot be read")),
+        "the recompute is explained in the run's logs: {logs:?}"
+    );
+
+    // A manifest whose blob is gone is a plain miss.
+    let meta: weir_cache::EntryMeta = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    std::fs::remove_file(store.blob_path(&meta.blob)).unwrap();
+    assert_eq!(double_flow(x).await.unwrap(), x * 2);
+    assert_eq!(count(&what), 5);
+}
+
+#[weir::task(cache = "inputs", cache_expiration = "1h")]
+async fn expiring(x: u64) -> anyhow::Result<u64> {
+    bump(&format!("expiring-{x}"));
+    Ok(x)
+}
+
+#[weir::flow]
+async fn expiring_flow(x: u64) -> anyhow::Result<u64> {
+    Ok(expiring(x).await?)
+}
+
+#[tokio::test]
+async fn an_entry_past_its_expiration_is_recomputed() {
+    env();
+    let x = unique();
+    let what = format!("expiring-{x}");
+    expiring_flow(x).await.unwrap();
+    expiring_flow(x).await.unwrap();
+    assert_eq!(count(&what), 1);
+    weir::testing::advance_clock(Duration::from_secs(2 * 3600));
+    expiring_flow(x).await.unwrap();
+    assert_eq!(count(&what), 2, "expired after an hour");
+    expiring_flow(x).await.unwrap();
+    assert_eq!(count(&what), 2, "the fresh entry is used again");
+}
+
+#[weir::task(cache = "inputs", refresh_cache = true)]
+async fn always_fresh(x: u64) -> anyhow::Result<u64> {
+    bump(&format!("fresh-{x}"));
+    Ok(x)
+}
+
+#[weir::flow]
+async fn refresh_flow(x: u64) -> anyhow::Result<u64> {
+    always_fresh(x).await?;
+    // Per call, too.
+    Ok(double(x).refresh_cache(true).await?)
+}
+
+#[tokio::test]
+async fn refresh_forces_a_recompute() {
+    env();
+    let x = unique() % 1_000_000 + 2_000_000;
+    refresh_flow(x).await.unwrap();
+    let (_, report) = refresh_flow(x).with_report().await;
+    assert_eq!(count(&format!("fresh-{x}")), 2);
+    assert_eq!(count(&format!("double-{x}")), 2);
+    assert_eq!(report.cached, 0);
+    let statuses: Vec<_> = db().task_runs(report.flow_run_id).unwrap().into_iter().map(|t| t.cache_status).collect();
+    assert_eq!(statuses, vec![weir::CacheStatus::Refreshed; 2]);
+}
+
+mod left {
+    #[weir::task(cache = "inputs")]
+    pub async fn same_body(x: u64) -> anyhow::Result<u64> {
+        Ok(x + 1)
+    }
+
+    #[weir::task(cache = "inputs+source")]
+    pub async fn versioned(x: u64) -> anyhow::Result<u64> {
+        Ok(x + 1)
+    }
+}
+
+mod right {
+    #[weir::task(cache = "inputs")]
+    pub async fn same_body(x: u64) -> anyhow::Result<u64> {
+        Ok(x + 1)
+    }
+
+    #[weir::task(cache = "inputs+source")]
+    pub async fn versioned(x: u64) -> anyhow::Result<u64> {
+        Ok(x + 2)
+    }
+}
+
+#[test]
+fn two_tasks_with_identical_bodies_in_different_modules_get_different_keys() {
+    assert_eq!(left::same_body::SPEC.source_hash, right::same_body::SPEC.source_hash);
+    assert_ne!(key_of(left::same_body(1)), key_of(right::same_body(1)));
+    assert_eq!(key_of(left::same_body(1)), key_of(left::same_body(1)));
+    assert_ne!(key_of(left::same_body(1)), key_of(left::same_body(2)));
+}
+
+#[test]
+fn inputs_plus_source_keys_change_when_the_body_changes() {
+    let (l, r) = (&left::versioned::SPEC, &right::versioned::SPEC);
+    assert_eq!(l.cache, CachePolicy::InputsAndSource);
+    assert_ne!(l.source_hash, r.source_hash, "different bodies, different source hashes");
+
+    // The same task (same path) before and after an edit of its body:
+    let digest = [("x", weir_cache::canonical::digest(&1u64).unwrap())];
+    let before = weir_cache::KeyParts {
+        task_path: l.path,
+        cache_version: "",
+        source_hash: Some(l.source_hash),
+        inputs: &digest,
+        custom: None,
+    };
+    let after = weir_cache::KeyParts {
+        source_hash: Some(r.source_hash),
+        ..before.clone()
+    };
+    assert_eq!(before.key(), key_of(left::versioned(1)), "the task's key includes its source");
+    assert_ne!(before.key(), after.key());
+    // With plain `inputs`, the source is not part of the key.
+    let plain = weir_cache::KeyParts {
+        task_path: left::same_body::SPEC.path,
+        source_hash: None,
+        ..before.clone()
+    };
+    assert_eq!(plain.key(), key_of(left::same_body(1)));
+}
+
+#[weir::task(cache = "inputs", cache_version = "2")]
+async fn bumped(x: u64) -> anyhow::Result<u64> {
+    Ok(x)
+}
+
+fn region_key(region: &str, _day: &u32) -> String {
+    region.to_lowercase()
+}
+
+#[weir::task(key = region_key)]
+async fn by_region(region: String, day: u32) -> anyhow::Result<u64> {
+    Ok(region.len() as u64 + day as u64)
+}
+
+#[test]
+fn cache_version_and_custom_keys_shape_the_key() {
+    let digest = [("x", weir_cache::canonical::digest(&1u64).unwrap())];
+    let unbumped = weir_cache::KeyParts {
+        task_path: bumped::SPEC.path,
+        cache_version: "",
+        source_hash: None,
+        inputs: &digest,
+        custom: None,
+    };
+    assert_ne!(unbumped.key(), key_of(bumped(1)));
+    assert_eq!(weir_cache::KeyParts { cache_version: "2", ..unbumped }.key(), key_of(bumped(1)));
+
+    // The custom key ignores `day` and case.
+    assert_eq!(key_of(by_region("EU".into(), 1)), key_of(by_region("eu".into(), 2)));
+    assert_ne!(key_of(by_region("eu".into(), 1)), key_of(by_region("us".into(), 1)));
+}
+
+#[weir::task(cache = "inputs", serializer = "msgpack")]
+async fn packed(xs: Vec<f64>) -> anyhow::Result<HashMap<String, f64>> {
+    bump(&format!("packed-{}", xs[0]));
+    Ok(xs.iter().enumerate().map(|(i, x)| (format!("k{i}"), *x)).collect())
+}
+
+#[weir::flow]
+async fn packed_flow(xs: Vec<f64>) -> anyhow::Result<usize> {
+    Ok(packed(xs).await?.len())
+}
+
+#[tokio::test]
+async fn msgpack_results_round_trip_through_the_cache() {
+    env();
+    let first = unique() as f64;
+    let xs = vec![first, -0.0, 2.5];
+    assert_eq!(packed_flow(xs.clone()).await.unwrap(), 3);
+    let (r, report) = packed_flow(xs).with_report().await;
+    assert_eq!(r.unwrap(), 3);
+    assert_eq!(report.cached, 1);
+    assert_eq!(count(&format!("packed-{first}")), 1);
+}
+
+#[weir::task(cache = "inputs")]
+async fn shared(x: u64) -> anyhow::Result<u64> {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    Ok(x * 10)
+}
+
+#[weir::flow]
+async fn racing_flow(x: u64) -> anyhow::Result<Vec<u64>> {
+    Ok(shared.map(vec![x; 16]).await?)
+}
+
+#[tokio::test]
+async fn concurrent_writers_of_one_key_all_return_one_result() {
+    env();
+    let x = unique() % 1_000_000 + 3_000_000;
+    let out = racing_flow(x).await.unwrap();
+    assert_eq!(out, vec![x * 10; 16]);
+    let store = store();
+    let key = key_of(shared(x));
+    assert!(matches!(store.get(&key, 0).unwrap(), weir_cache::Lookup::Hit { .. }));
+    let tmp = env().results.join("v1/tmp");
+    assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0, "no temp files left behind");
+}
