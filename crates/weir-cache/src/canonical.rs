@@ -26,7 +26,9 @@ impl ser::Error for CanonicalError {
 
 /// Encodes `value` canonically.
 pub fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CanonicalError> {
-    let mut enc = Encoder { out: Vec::with_capacity(64) };
+    let mut enc = Encoder {
+        out: Vec::with_capacity(64),
+    };
     value.serialize(&mut enc)?;
     Ok(enc.out)
 }
@@ -79,7 +81,11 @@ impl Encoder {
         } else {
             v
         };
-        let bits = if v.is_nan() { 0x7ff8_0000_0000_0000u64 } else { v.to_bits() };
+        let bits = if v.is_nan() {
+            0x7ff8_0000_0000_0000u64
+        } else {
+            v.to_bits()
+        };
         self.out.push(tag::FLOAT);
         self.out.extend_from_slice(&bits.to_le_bytes());
     }
@@ -345,11 +351,7 @@ impl ser::SerializeMap for MapEncoder<'_> {
 impl ser::SerializeStruct for MapEncoder<'_> {
     type Ok = ();
     type Error = CanonicalError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), CanonicalError> {
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), CanonicalError> {
         self.entries.push((to_bytes(key)?, to_bytes(value)?));
         Ok(())
     }
@@ -362,11 +364,7 @@ impl ser::SerializeStruct for MapEncoder<'_> {
 impl ser::SerializeStructVariant for MapEncoder<'_> {
     type Ok = ();
     type Error = CanonicalError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), CanonicalError> {
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), CanonicalError> {
         ser::SerializeStruct::serialize_field(self, key, value)
     }
     fn end(self) -> Result<(), CanonicalError> {
@@ -412,7 +410,10 @@ mod tests {
     #[test]
     fn boundaries_are_unambiguous() {
         assert_ne!(to_bytes(&("ab", "c")).unwrap(), to_bytes(&("a", "bc")).unwrap());
-        assert_ne!(to_bytes(&vec![vec![1], vec![]]).unwrap(), to_bytes(&vec![vec![], vec![1]]).unwrap());
+        assert_ne!(
+            to_bytes(&vec![vec![1], vec![]]).unwrap(),
+            to_bytes(&vec![vec![], vec![1]]).unwrap()
+        );
         assert_ne!(to_bytes(&Some(())).unwrap(), to_bytes(&None::<()>).unwrap());
         assert_ne!(to_bytes(&"1").unwrap(), to_bytes(&1).unwrap());
     }

@@ -174,6 +174,12 @@ mod tests {
         let k = parts("x", &[]).key();
         let parsed: CacheKey = k.to_hex().parse().unwrap();
         assert_eq!(k, parsed);
-        assert!("nothex".parse::<CacheKey>().unwrap_err().to_string().contains("not a cache key"));
+        assert!(
+            "nothex"
+                .parse::<CacheKey>()
+                .unwrap_err()
+                .to_string()
+                .contains("not a cache key")
+        );
     }
 }

@@ -338,7 +338,10 @@ mod tests {
         let store = FolderStore::open(dir.path()).unwrap();
         let k = key(1);
         assert!(matches!(store.get(&k, 0).unwrap(), Lookup::Miss));
-        assert_eq!(store.put(&mut meta(&k), b"41", PutMode::IfAbsent).unwrap(), PutOutcome::Published);
+        assert_eq!(
+            store.put(&mut meta(&k), b"41", PutMode::IfAbsent).unwrap(),
+            PutOutcome::Published
+        );
         assert_eq!(
             store.put(&mut meta(&k), b"42", PutMode::IfAbsent).unwrap(),
             PutOutcome::AlreadyPresent

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "weir: flows, tasks and a result cache that works across machines")]
+#[command(
+    name = "weir",
+    version,
+    about = "weir: flows, tasks and a result cache that works across machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -61,7 +61,12 @@ pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
         .unwrap_or_default();
     let mut out = std::io::stdout().lock();
     match cmd {
-        RunsCommand::Ls { state, flow, limit, json } => {
+        RunsCommand::Ls {
+            state,
+            flow,
+            limit,
+            json,
+        } => {
             let mut runs = db.list_flow_runs(&FlowRunFilter {
                 state,
                 flow_name: flow,
@@ -129,7 +134,12 @@ pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
                 writeln!(out, "\nsubflow runs")?;
                 let mut t = table(&["ID", "FLOW", "STATE", "DURATION"]);
                 for s in &subflows {
-                    t.add_row(vec![s.id.short(), s.flow_name.clone(), s.state.to_string(), duration(s.started_at, s.ended_at)]);
+                    t.add_row(vec![
+                        s.id.short(),
+                        s.flow_name.clone(),
+                        s.state.to_string(),
+                        duration(s.started_at, s.ended_at),
+                    ]);
                 }
                 writeln!(out, "{t}")?;
             }
@@ -163,7 +173,14 @@ pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
             }
             let names: std::collections::HashMap<_, _> =
                 db.task_runs(run.id)?.into_iter().map(|t| (t.id, t.task_name)).collect();
-            for LogRecord { task_run_id, at, level, message, .. } in &logs {
+            for LogRecord {
+                task_run_id,
+                at,
+                level,
+                message,
+                ..
+            } in &logs
+            {
                 let who = match task_run_id {
                     Some(t) => format!("{}[{}]", names.get(t).map(String::as_str).unwrap_or("task"), t.short()),
                     None => format!("{}[{}]", run.flow_name, run.id.short()),
@@ -180,7 +197,8 @@ fn mark_crashed(run: &mut FlowRunRecord, host: &str) {
     let unfinished = matches!(run.state, State::Running | State::Pending);
     if unfinished && run.hostname == host && !std::path::Path::new(&format!("/proc/{}", run.pid)).exists() {
         run.state = State::Crashed;
-        run.error.get_or_insert_with(|| format!("process {} exited before the run finished", run.pid));
+        run.error
+            .get_or_insert_with(|| format!("process {} exited before the run finished", run.pid));
     }
 }
 

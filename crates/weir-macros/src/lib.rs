@@ -147,7 +147,10 @@ fn args_of(func: &ItemFn) -> syn::Result<Vec<Arg>> {
         .inputs
         .iter()
         .map(|arg| match arg {
-            FnArg::Receiver(r) => Err(syn::Error::new(r.span(), "weir tasks and flows are free functions, not methods")),
+            FnArg::Receiver(r) => Err(syn::Error::new(
+                r.span(),
+                "weir tasks and flows are free functions, not methods",
+            )),
             FnArg::Typed(pt) => match &*pt.pat {
                 Pat::Ident(pi) if pi.subpat.is_none() && pi.by_ref.is_none() => Ok(Arg {
                     ident: pi.ident.clone(),
@@ -190,13 +193,20 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
     }
     let blocking = !is_async;
     if opts.key.is_some() && opts.cache.as_ref().is_some_and(|(c, _)| c == "none") {
-        return Err(syn::Error::new(opts.cache.as_ref().map(|c| c.1).unwrap_or_else(Span::call_site), "`key` and cache = \"none\" contradict each other"));
+        return Err(syn::Error::new(
+            opts.cache.as_ref().map(|c| c.1).unwrap_or_else(Span::call_site),
+            "`key` and cache = \"none\" contradict each other",
+        ));
     }
 
     let vis = &func.vis;
     let attrs = &func.attrs;
     let name = &func.sig.ident;
-    let name_str = opts.name.as_ref().map(|l| l.value()).unwrap_or_else(|| name.to_string());
+    let name_str = opts
+        .name
+        .as_ref()
+        .map(|l| l.value())
+        .unwrap_or_else(|| name.to_string());
     let body_ident = format_ident!("__weir_task_body");
 
     // The source hash covers the whole item as written (signature and body; comments are not
@@ -209,7 +219,11 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
         (None, Some("inputs+source")) => quote!(::weir::CachePolicy::InputsAndSource),
         _ => quote!(::weir::CachePolicy::None),
     };
-    let cached = opts.key.is_some() || matches!(opts.cache.as_ref().map(|c| c.0.as_str()), Some("inputs" | "inputs+source"));
+    let cached = opts.key.is_some()
+        || matches!(
+            opts.cache.as_ref().map(|c| c.0.as_str()),
+            Some("inputs" | "inputs+source")
+        );
     let retries = opts.retries.unwrap_or(0);
     let retry_delay = nanos(opts.retry_delay.unwrap_or(0));
     let backoff = match opts.backoff.as_ref().map(|b| b.0.as_str()) {
@@ -337,12 +351,18 @@ fn expand_flow(name_attr: Option<LitStr>, func: ItemFn) -> syn::Result<TokenStre
     let args = args_of(&func)?;
     let out_ty = output_type(&func)?;
     if func.sig.asyncness.is_none() {
-        return Err(syn::Error::new(func.sig.fn_token.span(), "a weir flow is an `async fn`"));
+        return Err(syn::Error::new(
+            func.sig.fn_token.span(),
+            "a weir flow is an `async fn`",
+        ));
     }
     let vis = &func.vis;
     let attrs = &func.attrs;
     let name = &func.sig.ident;
-    let name_str = name_attr.as_ref().map(|l| l.value()).unwrap_or_else(|| name.to_string());
+    let name_str = name_attr
+        .as_ref()
+        .map(|l| l.value())
+        .unwrap_or_else(|| name.to_string());
     let body_ident = format_ident!("__weir_flow_body");
     let idents: Vec<&Ident> = args.iter().map(|a| &a.ident).collect();
     let tys: Vec<&Type> = args.iter().map(|a| &a.ty).collect();

@@ -29,10 +29,13 @@ CREATE TABLE task_runs (
     created_at    INTEGER NOT NULL,
     started_at    INTEGER,
     ended_at      INTEGER,
-    error         TEXT
+    error         TEXT,
+    -- JSON array of {state, at, message}: the task run's state history.
+    history       TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX task_runs_by_flow_run ON task_runs (flow_run_id, created_at);
 
+-- State history of flow runs (task runs keep theirs in task_runs.history).
 CREATE TABLE states (
     seq          INTEGER PRIMARY KEY,
     flow_run_id  TEXT,

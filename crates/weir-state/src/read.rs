@@ -29,7 +29,7 @@ pub enum RunLookupError {
 const FLOW_COLS: &str = "id, flow_name, flow_path, parent_flow_run_id, parent_task_run_id, state, parameters,
     created_at, started_at, ended_at, error, hostname, pid";
 const TASK_COLS: &str = "id, flow_run_id, task_name, task_path, state, attempt, cache_status, cache_key,
-    created_at, started_at, ended_at, error";
+    created_at, started_at, ended_at, error, history";
 
 fn bad(what: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(what.to_string().into())
@@ -79,6 +79,7 @@ fn task_run(row: &Row<'_>) -> rusqlite::Result<TaskRunRecord> {
         started_at: row.get(9)?,
         ended_at: row.get(10)?,
         error: row.get(11)?,
+        history: serde_json::from_str(&row.get::<_, String>(12)?).map_err(bad)?,
     })
 }
 
@@ -91,7 +92,11 @@ impl StateDb {
              ORDER BY created_at DESC, id DESC LIMIT ?3"
         );
         let mut stmt = self.conn.prepare(&sql)?;
-        let limit = if filter.limit == 0 { i64::MAX } else { filter.limit as i64 };
+        let limit = if filter.limit == 0 {
+            i64::MAX
+        } else {
+            filter.limit as i64
+        };
         let rows = stmt.query_map(
             params![filter.state.map(|s| s.as_str()), filter.flow_name, limit],
             flow_run,
@@ -102,7 +107,11 @@ impl StateDb {
     /// Finds one flow run by its id, or a unique prefix or suffix of it (dashes optional).
     /// Tables show the last eight digits, so those work.
     pub fn find_flow_run(&self, prefix: &str) -> Result<FlowRunRecord, RunLookupError> {
-        let wanted: String = prefix.chars().filter(|c| *c != '-').collect::<String>().to_ascii_lowercase();
+        let wanted: String = prefix
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
         if wanted.is_empty() || wanted.len() > 32 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(RunLookupError::Invalid(prefix.to_string()));
         }
@@ -120,7 +129,10 @@ impl StateDb {
             .map_err(StateError::from)?;
         match found.len() {
             0 => Err(RunLookupError::NotFound(prefix.to_string())),
-            1 => Ok(found.into_iter().next().ok_or_else(|| RunLookupError::NotFound(prefix.to_string()))?),
+            1 => Ok(found
+                .into_iter()
+                .next()
+                .ok_or_else(|| RunLookupError::NotFound(prefix.to_string()))?),
             _ => Err(RunLookupError::Ambiguous {
                 prefix: prefix.to_string(),
                 candidates: found.iter().map(|r| format!("{} ({})", r.id, r.flow_name)).collect(),
@@ -131,10 +143,7 @@ impl StateDb {
     /// One flow run by its full id.
     pub fn flow_run(&self, id: FlowRunId) -> Result<Option<FlowRunRecord>, StateError> {
         let sql = format!("SELECT {FLOW_COLS} FROM flow_runs WHERE id = ?1");
-        Ok(self
-            .conn
-            .query_row(&sql, [id.to_string()], flow_run)
-            .optional()?)
+        Ok(self.conn.query_row(&sql, [id.to_string()], flow_run).optional()?)
     }
 
     /// The task runs of a flow run, in the order they were created.
@@ -161,6 +170,22 @@ impl StateDb {
 
     /// The state history of a flow run and its task runs, oldest first.
     pub fn states(&self, flow_run: FlowRunId) -> Result<Vec<StateRecord>, StateError> {
+        let mut all = self.flow_states(flow_run)?;
+        for task in self.task_runs(flow_run)? {
+            all.extend(task.history.into_iter().map(|h| StateRecord {
+                flow_run_id: Some(flow_run),
+                task_run_id: Some(task.id),
+                state: h.state,
+                at: h.at,
+                message: h.message,
+            }));
+        }
+        // Stable: entries with equal times keep their recorded order.
+        all.sort_by_key(|s| s.at);
+        Ok(all)
+    }
+
+    fn flow_states(&self, flow_run: FlowRunId) -> Result<Vec<StateRecord>, StateError> {
         let mut stmt = self.conn.prepare(
             "SELECT s.flow_run_id, s.task_run_id, s.state, s.at, s.message FROM states s
              WHERE s.flow_run_id = ?1 ORDER BY s.seq",

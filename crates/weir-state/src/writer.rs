@@ -19,6 +19,8 @@ pub enum Event {
     Log(LogRecord),
 }
 
+// Events dominate the channel; boxing them would cost an allocation each for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Event(Event),
     Flush(oneshot::Sender<Result<(), String>>),
@@ -88,7 +90,7 @@ fn run(mut db: StateDb, rx: mpsc::Receiver<Msg>) {
             next = rx.try_recv().ok();
         }
         if !batch.is_empty() {
-            if let Err(e) = write_batch(&mut db, &mut batch) {
+            if let Err(e) = write_batch(&mut db, &batch) {
                 last_error = Some(e.to_string());
             }
             batch.clear();
@@ -102,7 +104,7 @@ fn run(mut db: StateDb, rx: mpsc::Receiver<Msg>) {
     }
 }
 
-fn write_batch(db: &mut StateDb, batch: &mut Vec<Event>) -> Result<(), StateError> {
+fn write_batch(db: &mut StateDb, batch: &[Event]) -> Result<(), StateError> {
     // Keep only the newest snapshot of each run: a task that went Pending → Running →
     // Completed inside one batch is one row write, not three.
     let mut flow_runs: HashMap<FlowRunId, usize> = HashMap::new();
@@ -139,11 +141,12 @@ fn write_events(
     )?;
     let mut task_stmt = tx.prepare_cached(
         "INSERT INTO task_runs (id, flow_run_id, task_name, task_path, state, attempt, cache_status,
-             cache_key, created_at, started_at, ended_at, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             cache_key, created_at, started_at, ended_at, error, history)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
              cache_status = excluded.cache_status, cache_key = excluded.cache_key,
-             started_at = excluded.started_at, ended_at = excluded.ended_at, error = excluded.error",
+             started_at = excluded.started_at, ended_at = excluded.ended_at, error = excluded.error,
+             history = excluded.history",
     )?;
     let mut state_stmt = tx.prepare_cached(
         "INSERT INTO states (flow_run_id, task_run_id, state, at, message) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -190,6 +193,7 @@ fn write_events(
                     r.started_at,
                     r.ended_at,
                     r.error,
+                    serde_json::to_string(&r.history).map_err(|e| StateError::Malformed(e.to_string()))?,
                 ])?;
             }
             Event::State(s) => {

@@ -1,5 +1,5 @@
 use weir_state::{Event, FlowRunFilter, RunLookupError, StateDb, Writer};
-use weir_types::{CacheStatus, FlowRunId, FlowRunRecord, LogRecord, State, StateRecord, TaskRunId, TaskRunRecord};
+use weir_types::{CacheStatus, FlowRunId, FlowRunRecord, LogRecord, State, StateEntry, StateRecord, TaskRunId, TaskRunRecord};
 
 fn flow(id: FlowRunId, name: &str, state: State) -> FlowRunRecord {
     FlowRunRecord {
@@ -19,7 +19,8 @@ fn flow(id: FlowRunId, name: &str, state: State) -> FlowRunRecord {
     }
 }
 
-fn task(id: TaskRunId, flow: FlowRunId, state: State) -> TaskRunRecord {
+fn task(id: TaskRunId, flow: FlowRunId, history: &[State]) -> TaskRunRecord {
+    let state = *history.last().unwrap();
     TaskRunRecord {
         id,
         flow_run_id: Some(flow),
@@ -33,6 +34,15 @@ fn task(id: TaskRunId, flow: FlowRunId, state: State) -> TaskRunRecord {
         started_at: None,
         ended_at: None,
         error: None,
+        history: history
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StateEntry {
+                state: *s,
+                at: 10 + i as i64,
+                message: None,
+            })
+            .collect(),
     }
 }
 
@@ -44,16 +54,17 @@ fn flush_makes_everything_visible_and_latest_snapshot_wins() {
     let f = FlowRunId::new();
     let t = TaskRunId::new();
     writer.send(Event::FlowRun(flow(f, "demo", State::Running)));
-    for st in [State::Pending, State::Running, State::Completed] {
-        writer.send(Event::TaskRun(task(t, f, st)));
-        writer.send(Event::State(StateRecord {
-            flow_run_id: Some(f),
-            task_run_id: Some(t),
-            state: st,
-            at: 5,
-            message: None,
-        }));
+    let all = [State::Pending, State::Running, State::Completed];
+    for n in 1..=all.len() {
+        writer.send(Event::TaskRun(task(t, f, &all[..n])));
     }
+    writer.send(Event::State(StateRecord {
+        flow_run_id: Some(f),
+        task_run_id: None,
+        state: State::Running,
+        at: 5,
+        message: None,
+    }));
     writer.send(Event::Log(LogRecord {
         flow_run_id: Some(f),
         task_run_id: Some(t),
@@ -74,7 +85,7 @@ fn flush_makes_everything_visible_and_latest_snapshot_wins() {
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].state, State::Completed);
     let states: Vec<State> = db.states(f).unwrap().into_iter().map(|s| s.state).collect();
-    assert_eq!(states, vec![State::Pending, State::Running, State::Completed]);
+    assert_eq!(states, vec![State::Running, State::Pending, State::Running, State::Completed]);
     let logs = db.logs(f).unwrap();
     assert_eq!(logs[0].message, "hello 'quoted'; DROP TABLE logs; --");
 }
@@ -93,13 +104,20 @@ fn lookup_by_prefix_reports_unknown_invalid_and_ambiguous() {
 
     assert_eq!(db.find_flow_run(&a.to_string()).unwrap().id, a);
     assert_eq!(db.find_flow_run(&a.0.simple().to_string()).unwrap().id, a);
-    assert_eq!(db.find_flow_run(&a.short()).unwrap().id, a, "the short id shown in tables");
+    assert_eq!(
+        db.find_flow_run(&a.short()).unwrap().id,
+        a,
+        "the short id shown in tables"
+    );
     // Ids made in the same millisecond share a long prefix; one hex digit is surely ambiguous.
     let first = &a.to_string()[..1];
     assert!(matches!(db.find_flow_run(first), Err(RunLookupError::Ambiguous { .. })));
     assert!(matches!(db.find_flow_run("ffffffff"), Err(RunLookupError::NotFound(_))));
     assert!(matches!(db.find_flow_run("abc%"), Err(RunLookupError::Invalid(_))));
-    assert!(matches!(db.find_flow_run("' OR 1=1 --"), Err(RunLookupError::Invalid(_))));
+    assert!(matches!(
+        db.find_flow_run("' OR 1=1 --"),
+        Err(RunLookupError::Invalid(_))
+    ));
 
     let failed = db
         .list_flow_runs(&FlowRunFilter {

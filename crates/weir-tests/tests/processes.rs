@@ -40,10 +40,25 @@ fn same_inputs_give_the_same_key_in_separate_processes() {
 fn a_result_computed_by_one_process_is_a_hit_in_another() {
     let home = tempfile::tempdir().unwrap();
     let marker = home.path().join("marker");
-    let first = ok(probe(home.path()).env("PROBE_MARKER", &marker).args(["run", "21"]).output().unwrap());
-    let second = ok(probe(home.path()).env("PROBE_MARKER", &marker).args(["run", "21"]).output().unwrap());
-    let other = ok(probe(home.path()).env("PROBE_MARKER", &marker).args(["run", "22"]).output().unwrap());
-    assert_eq!((first.as_str(), second.as_str(), other.as_str()), ("miss", "hit", "miss"));
+    let first = ok(probe(home.path())
+        .env("PROBE_MARKER", &marker)
+        .args(["run", "21"])
+        .output()
+        .unwrap());
+    let second = ok(probe(home.path())
+        .env("PROBE_MARKER", &marker)
+        .args(["run", "21"])
+        .output()
+        .unwrap());
+    let other = ok(probe(home.path())
+        .env("PROBE_MARKER", &marker)
+        .args(["run", "22"])
+        .output()
+        .unwrap());
+    assert_eq!(
+        (first.as_str(), second.as_str(), other.as_str()),
+        ("miss", "hit", "miss")
+    );
     let computed = std::fs::read_to_string(&marker).unwrap();
     assert_eq!(computed.lines().collect::<Vec<_>>(), vec!["computed 21", "computed 22"]);
 }
@@ -52,14 +67,22 @@ fn a_result_computed_by_one_process_is_a_hit_in_another() {
 fn weir_refresh_cache_recomputes_a_whole_run() {
     let home = tempfile::tempdir().unwrap();
     let marker = home.path().join("marker");
-    ok(probe(home.path()).env("PROBE_MARKER", &marker).args(["run", "5"]).output().unwrap());
+    ok(probe(home.path())
+        .env("PROBE_MARKER", &marker)
+        .args(["run", "5"])
+        .output()
+        .unwrap());
     let refreshed = ok(probe(home.path())
         .env("PROBE_MARKER", &marker)
         .env("WEIR_REFRESH_CACHE", "1")
         .args(["run", "5"])
         .output()
         .unwrap());
-    let after = ok(probe(home.path()).env("PROBE_MARKER", &marker).args(["run", "5"]).output().unwrap());
+    let after = ok(probe(home.path())
+        .env("PROBE_MARKER", &marker)
+        .args(["run", "5"])
+        .output()
+        .unwrap());
     assert_eq!(refreshed, "miss");
     assert_eq!(after, "hit", "the refreshed entry is used by later runs");
     assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 2);
@@ -67,7 +90,9 @@ fn weir_refresh_cache_recomputes_a_whole_run() {
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -95,21 +120,36 @@ fn a_writer_killed_mid_write_leaves_no_readable_partial_entry() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let partial = loop {
         let tmp = files_in(&results.join("tmp"));
-        if let Some(f) = tmp.iter().find(|f| std::fs::metadata(f).map(|m| m.len() > 0).unwrap_or(false)) {
+        if let Some(f) = tmp
+            .iter()
+            .find(|f| std::fs::metadata(f).map(|m| m.len() > 0).unwrap_or(false))
+        {
             child.kill().unwrap();
             break f.clone();
         }
-        assert!(child.try_wait().unwrap().is_none(), "the writer finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the writer finished before it could be killed"
+        );
         assert!(Instant::now() < deadline, "the writer never started writing");
         std::thread::yield_now();
     };
     child.wait().unwrap();
     let partial_len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-    assert!(partial_len < bytes as u64 + 2, "killed mid-write ({partial_len} bytes written)");
+    assert!(
+        partial_len < bytes as u64 + 2,
+        "killed mid-write ({partial_len} bytes written)"
+    );
 
     // No manifest was published, so nobody can read the partial result…
-    assert!(files_in(&results.join("manifests")).is_empty(), "a manifest was published");
+    assert!(
+        files_in(&results.join("manifests")).is_empty(),
+        "a manifest was published"
+    );
     // …and the next run computes and publishes a complete one.
-    let len = ok(probe(home.path()).args(["big", &(1024 * 1024).to_string()]).output().unwrap());
+    let len = ok(probe(home.path())
+        .args(["big", &(1024 * 1024).to_string()])
+        .output()
+        .unwrap());
     assert_eq!(len, (1024 * 1024).to_string());
 }

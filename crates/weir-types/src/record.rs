@@ -78,6 +78,20 @@ pub struct TaskRunRecord {
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub error: Option<String>,
+    /// Every state the task run went through, oldest first. Kept in the run's own record
+    /// (one row write per task run instead of one per state: recording is most of the
+    /// per-task overhead).
+    #[serde(default)]
+    pub history: Vec<StateEntry>,
+}
+
+/// One state a task run went through.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateEntry {
+    pub state: State,
+    pub at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One entry of a run's state history.

@@ -71,7 +71,9 @@ impl fmt::Display for State {
 
 /// An unknown state name.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown state '{0}' (expected one of: Pending, Running, Completed, Cached, Failed, Retrying, TimedOut, Cancelled, Crashed)")]
+#[error(
+    "unknown state '{0}' (expected one of: Pending, Running, Completed, Cached, Failed, Retrying, TimedOut, Cancelled, Crashed)"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for State {

@@ -27,7 +27,9 @@ struct Args {
 async fn slow_sum(xs: Vec<i64>) -> anyhow::Result<i64> {
     tracing::info!("computing the sum of {} numbers the slow way", xs.len());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    xs.iter().try_fold(0i64, |acc, x| acc.checked_add(*x)).ok_or_else(|| anyhow::anyhow!("the sum overflows i64"))
+    xs.iter()
+        .try_fold(0i64, |acc, x| acc.checked_add(*x))
+        .ok_or_else(|| anyhow::anyhow!("the sum overflows i64"))
 }
 
 #[weir::flow]
@@ -40,7 +42,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (result, report) = cached_inputs(args.input.clone()).with_report().await;
     let total = result?;
-    let how = if report.cached > 0 { "cache hit" } else { "cache miss, computed and stored" };
+    let how = if report.cached > 0 {
+        "cache hit"
+    } else {
+        "cache miss, computed and stored"
+    };
     println!(
         "sum of {:?} = {total} ({how}, {:.1?}, flow run {})",
         args.input, report.duration, report.flow_run_id

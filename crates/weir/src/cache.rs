@@ -101,7 +101,14 @@ pub(crate) fn lookup<T>(store: &Arc<dyn ResultStore>, key: &CacheKey, codec: &Co
 
 /// Publishes a computed result. Returns the winner's value when another writer published
 /// the same key first, so every caller of a key sees one result.
-pub(crate) async fn publish<T>(store: Arc<dyn ResultStore>, codec: &Codec<T>, mut meta: EntryMeta, value: T, format: Format, mode: PutMode) -> T {
+pub(crate) async fn publish<T>(
+    store: Arc<dyn ResultStore>,
+    codec: &Codec<T>,
+    mut meta: EntryMeta,
+    value: T,
+    format: Format,
+    mode: PutMode,
+) -> T {
     let bytes = match (codec.encode)(&value, format) {
         Ok(b) => b,
         Err(e) => {
@@ -117,7 +124,9 @@ pub(crate) async fn publish<T>(store: Arc<dyn ResultStore>, codec: &Codec<T>, mu
     match outcome {
         Ok(Ok(PutOutcome::Published)) => value,
         Ok(Ok(PutOutcome::AlreadyPresent)) => {
-            let Ok(parsed) = key.parse::<CacheKey>() else { return value };
+            let Ok(parsed) = key.parse::<CacheKey>() else {
+                return value;
+            };
             match store.get(&parsed, weir_types::time::now_micros()) {
                 Ok(Lookup::Hit { meta, bytes }) => Format::from_name(&meta.serializer)
                     .and_then(|f| (codec.decode)(&bytes, f))

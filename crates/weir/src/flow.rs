@@ -193,7 +193,11 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
     let ctx = Arc::new(FlowRunCtx {
         id,
         name: spec.name,
-        root_counters: parent.flow.as_ref().map(|f| f.root_counters.clone()).unwrap_or_else(|| counters.clone()),
+        root_counters: parent
+            .flow
+            .as_ref()
+            .map(|f| f.root_counters.clone())
+            .unwrap_or_else(|| counters.clone()),
         counters,
         submitted: TaskTracker::new(),
         started: Instant::now(),
@@ -269,7 +273,10 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
         Ok(Ok(v)) => (State::Completed, Ok(v)),
         Ok(Err(e)) => {
             let text = format!("{e:#}");
-            (State::Failed, Err((text, Box::<dyn std::error::Error + Send + Sync>::from(e))))
+            (
+                State::Failed,
+                Err((text, Box::<dyn std::error::Error + Send + Sync>::from(e))),
+            )
         }
         Err((state, text)) => (state, Err((text.clone(), text.into()))),
     };

@@ -87,11 +87,11 @@ pub use weir_cache::{CacheKey, Format};
 pub use weir_macros::{flow, task};
 pub use weir_types::{CacheStatus, FlowRunId, State, TaskRunId};
 
+/// The `schemars` crate weir uses, for `#[schemars(crate = "weir::schemars")]`.
+pub use schemars;
 /// Flow parameter types implement this (`#[derive(schemars::JsonSchema)]`, with `schemars = "1"`
 /// in your `Cargo.toml`, the same way they derive serde's traits).
 pub use schemars::JsonSchema;
-/// The `schemars` crate weir uses, for `#[schemars(crate = "weir::schemars")]`.
-pub use schemars;
 
 /// `use weir::prelude::*;` brings in what flows and tasks need.
 pub mod prelude {

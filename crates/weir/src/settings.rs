@@ -36,7 +36,11 @@ impl Settings {
     /// `WEIR_PROGRESS` and `WEIR_CACHE_FSYNC`.
     pub fn from_env() -> Settings {
         let paths = Paths::from_env();
-        let progress = match std::env::var("WEIR_PROGRESS").unwrap_or_default().to_ascii_lowercase().as_str() {
+        let progress = match std::env::var("WEIR_PROGRESS")
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "always" | "1" | "true" => ProgressMode::Always,
             "never" | "0" | "false" => ProgressMode::Never,
             _ => ProgressMode::Auto,
@@ -45,7 +49,10 @@ impl Settings {
             results_dir: paths.results_dir,
             state_db: Some(paths.state_db),
             refresh_cache: env_flag("WEIR_REFRESH_CACHE"),
-            log_filter: std::env::var("WEIR_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "info".into()),
+            log_filter: std::env::var("WEIR_LOG")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "info".into()),
             progress,
             fsync: std::env::var("WEIR_CACHE_FSYNC").map(|v| v != "0").unwrap_or(true),
         }

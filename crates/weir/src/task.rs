@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weir_cache::{CacheKey, EntryMeta, Format, PutMode};
-use weir_types::{CacheStatus, State, StateRecord, TaskRunId, TaskRunRecord};
+use weir_types::{CacheStatus, State, StateEntry, TaskRunId, TaskRunRecord};
 
 use crate::cache::{self, Codec, Found, KeyError, KeyMaterial};
 use crate::context::{self, FlowRunCtx, SCOPE, Scope};
@@ -121,7 +121,11 @@ pub struct TaskError {
 }
 
 fn describe(state: State, attempts: u32) -> String {
-    let tries = if attempts == 1 { "1 attempt".to_string() } else { format!("{attempts} attempts") };
+    let tries = if attempts == 1 {
+        "1 attempt".to_string()
+    } else {
+        format!("{attempts} attempts")
+    };
     match state {
         State::TimedOut => format!("timed out (after {tries})"),
         State::Crashed => "crashed".into(),
@@ -222,7 +226,11 @@ impl<T: Send + 'static> TaskCall<T> {
     /// handles are dropped.
     pub fn submit(self) -> TaskHandle<T> {
         let Some(id) = self.task_run_id() else {
-            return TaskHandle::failed(self.spec().map(|s| s.name).unwrap_or("?"), TaskRunId::new(), "submitted twice");
+            return TaskHandle::failed(
+                self.spec().map(|s| s.name).unwrap_or("?"),
+                TaskRunId::new(),
+                "submitted twice",
+            );
         };
         let name = self.spec().map(|s| s.name).unwrap_or("?");
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -337,7 +345,11 @@ impl<T> Future for TaskHandle<T> {
                 Err(e) => Err(TaskError {
                     task,
                     task_run_id: id,
-                    state: if e.is_cancelled() { State::Cancelled } else { State::Crashed },
+                    state: if e.is_cancelled() {
+                        State::Cancelled
+                    } else {
+                        State::Crashed
+                    },
                     attempts: 0,
                     source: e.to_string().into(),
                 }),
@@ -397,14 +409,8 @@ impl TaskRun {
                 }
             }
         }
+        self.rec.history.push(StateEntry { state, at: now, message });
         self.engine.record(weir_state::Event::TaskRun(self.rec.clone()));
-        self.engine.record(weir_state::Event::State(StateRecord {
-            flow_run_id: self.rec.flow_run_id,
-            task_run_id: Some(self.rec.id),
-            state,
-            at: now,
-            message,
-        }));
     }
 
     fn elapsed(&self) -> String {
@@ -449,6 +455,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
             started_at: None,
             ended_at: None,
             error: None,
+            history: Vec::with_capacity(4),
         },
         started: None,
         done: false,
@@ -493,9 +500,10 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                     Found::Value(v) => {
                         run.rec.cache_status = CacheStatus::Hit;
                         run.set(State::Cached, None);
-                        in_scope(&task_scope, || {
-                            tracing::info!(target: "weir::task", "Cached (cache hit, key {})", &run.rec.cache_key.as_deref().unwrap_or("")[..12])
-                        });
+                        in_scope(
+                            &task_scope,
+                            || tracing::info!(target: "weir::task", "Cached (cache hit, key {})", &run.rec.cache_key.as_deref().unwrap_or("")[..12]),
+                        );
                         return Ok(v);
                     }
                     Found::Compute(mode) => mode,
@@ -528,19 +536,17 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
             ),
             None => (
                 State::TimedOut,
-                anyhow::anyhow!(
-                    "timed out after {}",
-                    humantime_short(spec.timeout.unwrap_or_default())
-                ),
+                anyhow::anyhow!("timed out after {}", humantime_short(spec.timeout.unwrap_or_default())),
                 true,
             ),
         };
         if retryable && n <= spec.retries {
             let delay = spec.jittered(n);
             let text = format!("{err:#}");
-            in_scope(&task_scope, || {
-                tracing::warn!(target: "weir::task", "attempt {n} {}: {text}; retrying in {}", if state == State::TimedOut { "timed out" } else { "failed" }, humantime_short(delay))
-            });
+            in_scope(
+                &task_scope,
+                || tracing::warn!(target: "weir::task", "attempt {n} {}: {text}; retrying in {}", if state == State::TimedOut { "timed out" } else { "failed" }, humantime_short(delay)),
+            );
             run.set(State::Retrying, Some(text));
             tokio::time::sleep(delay).await;
             continue;
@@ -566,7 +572,11 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 blob: String::new(),
                 cache_version: spec.cache_version.to_string(),
                 source_hash: (spec.cache == CachePolicy::InputsAndSource).then(|| spec.source_hash.to_string()),
-                inputs: codec.key.as_ref().map(|m| m.parts(spec).input_digests()).unwrap_or_default(),
+                inputs: codec
+                    .key
+                    .as_ref()
+                    .map(|m| m.parts(spec).input_digests())
+                    .unwrap_or_default(),
             };
             let fut = cache::publish(store.clone(), codec, meta, value, spec.format, mode);
             SCOPE.scope(task_scope.clone(), fut).await
@@ -579,7 +589,10 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         s => format!(" (cache {})", s.as_str()),
     };
     let elapsed = run.elapsed();
-    in_scope(&task_scope, || tracing::info!(target: "weir::task", "Completed in {elapsed}{status}"));
+    in_scope(
+        &task_scope,
+        || tracing::info!(target: "weir::task", "Completed in {elapsed}{status}"),
+    );
     Ok(value)
 }
 

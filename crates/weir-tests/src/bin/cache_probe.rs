@@ -60,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["key", order] => {
             let call = weigh(labels(*order == "reverse"), vec![1, 2, 3]);
-            let key = call.cache_key().context("weigh is cached")?.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let key = call
+                .cache_key()
+                .context("weigh is cached")?
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{key}");
         }
         ["run", n] => {
