@@ -1,5 +1,7 @@
 use weir_state::{Event, FlowRunFilter, RunLookupError, StateDb, Writer};
-use weir_types::{CacheStatus, FlowRunId, FlowRunRecord, LogRecord, State, StateEntry, StateRecord, TaskRunId, TaskRunRecord};
+use weir_types::{
+    CacheStatus, FlowRunId, FlowRunRecord, LogRecord, State, StateEntry, StateRecord, TaskRunId, TaskRunRecord,
+};
 
 fn flow(id: FlowRunId, name: &str, state: State) -> FlowRunRecord {
     FlowRunRecord {
@@ -85,7 +87,10 @@ fn flush_makes_everything_visible_and_latest_snapshot_wins() {
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].state, State::Completed);
     let states: Vec<State> = db.states(f).unwrap().into_iter().map(|s| s.state).collect();
-    assert_eq!(states, vec![State::Running, State::Pending, State::Running, State::Completed]);
+    assert_eq!(
+        states,
+        vec![State::Running, State::Pending, State::Running, State::Completed]
+    );
     let logs = db.logs(f).unwrap();
     assert_eq!(logs[0].message, "hello 'quoted'; DROP TABLE logs; --");
 }

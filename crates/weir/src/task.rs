@@ -409,7 +409,11 @@ impl TaskRun {
                 }
             }
         }
-        self.rec.history.push(StateEntry { state, at: now, message });
+        self.rec.history.push(StateEntry {
+            state,
+            at: now,
+            message,
+        });
         self.engine.record(weir_state::Event::TaskRun(self.rec.clone()));
     }
 

@@ -43,7 +43,10 @@ fn the_cached_demo_misses_then_hits_and_rejects_bad_arguments() {
     let bad = run(&["--input", "1", "two"]);
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("invalid value 'two'") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("invalid value 'two'") && !err.contains("panicked"),
+        "{err}"
+    );
 
     let missing = run(&[]);
     assert_eq!(missing.status.code(), Some(2));
