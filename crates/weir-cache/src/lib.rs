@@ -4,15 +4,26 @@
 //!   process (sorted maps, normalised floats).
 //! - [`key`]: the cache key of a task call: BLAKE3 over the task's path, its code version
 //!   and the digests of its inputs.
-//! - [`store`]: the result store abstraction, its entry metadata, and the local folder
-//!   backend ([`FolderStore`]) that also serves shared mounts (NFS, JuiceFS).
+//! - [`store`]: the result store layout (manifests, content-addressed blobs, leases) over
+//!   any [`backend::Backend`]: a [`folder`] (local disk, NFS, JuiceFS) or [`object`]
+//!   storage (S3, memory, GCS, Azure). [`tier`] puts a local folder in front of a remote
+//!   store; [`location`] opens any of them from a URL.
 //! - [`format`]: how results become bytes (JSON or MessagePack).
 
+pub mod backend;
 pub mod canonical;
+pub mod folder;
 pub mod format;
 pub mod key;
+pub mod location;
+pub mod object;
 pub mod store;
+pub mod tier;
 
 pub use format::Format;
 pub use key::{CacheKey, InputDigest, KeyParts};
-pub use store::{EntryMeta, FolderStore, Lookup, PutMode, PutOutcome, ResultStore, StoreError};
+pub use location::{OpenOptions, open};
+pub use store::{
+    Compression, EntryMeta, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord, Lookup, PutMode, PutOutcome,
+    ResultStore, Store, StoreError, StoreStats,
+};

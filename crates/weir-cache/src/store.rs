@@ -1,38 +1,34 @@
-//! The result store: where cached task results live.
+//! The result store: where cached task results live, on any [`Backend`].
 //!
-//! # Layout (the same for every backend)
+//! # Layout (the same on every backend)
 //!
 //! ```text
-//! <root>/v1/manifests/<k0k1>/<key>.json   small JSON metadata, one per cache key
-//! <root>/v1/blobs/<b0b1>/<blob>           result bytes, named by their BLAKE3 hash
-//! <root>/v1/tmp/                          files being written (same filesystem, for link(2))
+//! v1/manifests/<k0k1>/<key>.json   small JSON metadata (EntryMeta), one per cache key
+//! v1/blobs/<b0b1>/<blob>           result bytes (maybe zstd-compressed), named by their BLAKE3 hash
+//! v1/leases/<key>/<generation>     who is computing a key right now (cache isolation)
+//! tmp/                             files being written (folder backend only)
 //! ```
 //!
-//! Blobs are content-addressed, so identical results are stored once. A manifest is
-//! published only after its blob, so a reader that finds a manifest finds a complete blob
-//! (or, if someone deleted it, treats the entry as a miss).
-//!
-//! # Atomicity on a folder (local disk, NFS, JuiceFS)
-//!
-//! Every file is written to `tmp/`, fsynced, then published under its final name with
-//! `link(2)`, which fails if the name exists: two machines writing one key at once cannot
-//! both win, and the loser reads the winner's entry ([`PutOutcome::AlreadyPresent`]). A
-//! process killed mid-write leaves only an unpublished temp file. Replacing a known-bad or
-//! refreshed entry uses `rename(2)`, which is atomic too.
+//! Blobs are content-addressed, so identical results are stored once. A manifest is written
+//! only after its blob, create-if-absent where the backend can do that atomically, so a
+//! reader that finds a manifest finds a complete blob, and of two concurrent writers of one
+//! key exactly one wins; the other reads the winner's entry. Blobs are checked against their
+//! hash on every read: a mismatch is [`Lookup::Corrupt`], never data.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{Backend, BackendError, WriteMode, Written};
 use crate::key::{CacheKey, InputDigest};
 
 /// Version of the manifest format.
 pub const MANIFEST_FORMAT: u32 = 1;
 
-/// The metadata stored with every result.
+/// The metadata stored with every result: what it is and where it came from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EntryMeta {
     pub format: u32,
@@ -47,9 +43,15 @@ pub struct EntryMeta {
     pub serializer: String,
     pub created_at: i64,
     pub expires_at: Option<i64>,
-    /// Size of the blob in bytes.
+    /// Size of the stored blob in bytes (after compression).
     pub size: u64,
-    /// Hex BLAKE3 of the blob: its name and its checksum.
+    /// Size of the serialized result before compression.
+    #[serde(default)]
+    pub raw_size: u64,
+    /// `zstd`, or absent for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// Hex BLAKE3 of the stored blob: its name and its checksum.
     pub blob: String,
     /// The task's manual `cache_version`.
     pub cache_version: String,
@@ -62,13 +64,13 @@ pub struct EntryMeta {
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
-    /// A complete, verified entry.
+    /// A complete, verified entry; `bytes` are decompressed.
     Hit { meta: EntryMeta, bytes: Vec<u8> },
     /// No entry, or a manifest whose blob is gone.
     Miss,
     /// An entry past its `expires_at`.
     Expired { meta: EntryMeta },
-    /// An entry that cannot be trusted (unparseable manifest, blob checksum mismatch…).
+    /// An entry that cannot be trusted (unparseable manifest, checksum mismatch…).
     Corrupt { reason: String },
 }
 
@@ -89,345 +91,499 @@ pub enum PutOutcome {
     AlreadyPresent,
 }
 
-/// An I/O failure of the store itself (not a bad entry, which is a [`Lookup::Corrupt`]).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("result store {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("could not encode entry metadata: {0}")]
-    Meta(#[from] serde_json::Error),
+/// Compression of stored blobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zstd,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
+impl Compression {
+    pub fn parse(s: &str) -> Result<Compression, StoreError> {
+        match s {
+            "none" | "" => Ok(Compression::None),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(StoreError::Config(format!(
+                "unknown compression '{other}' (expected zstd or none)"
+            ))),
+        }
     }
 }
 
-/// A place to keep results. Implementations must make `put` atomic (see the module docs).
+/// A store failure (not a bad entry, which is a [`Lookup::Corrupt`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("could not encode entry metadata: {0}")]
+    Meta(#[from] serde_json::Error),
+    #[error("compression: {0}")]
+    Compression(std::io::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Who holds the right to compute a key, until when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub holder: String,
+    pub expires_at: i64,
+}
+
+/// A lease this process holds.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub key: CacheKey,
+    generation: u64,
+    pub holder: String,
+}
+
+/// The answer to asking for a lease.
+#[derive(Debug)]
+pub enum LeaseOutcome {
+    Acquired(Lease),
+    /// Someone else is computing this key.
+    Held(LeaseRecord),
+}
+
+/// What `gc` should remove.
+#[derive(Clone, Debug, Default)]
+pub struct GcOptions {
+    /// Remove entries created more than this many µs ago.
+    pub older_than_micros: Option<i64>,
+    /// Then remove the oldest entries until blobs take at most this many bytes.
+    pub max_size: Option<u64>,
+    /// Only report.
+    pub dry_run: bool,
+    /// Unreferenced blobs younger than this (µs) are kept: they may belong to an entry
+    /// being published right now.
+    pub grace_micros: i64,
+}
+
+/// What `gc` removed (or would remove).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    pub entries_removed: usize,
+    pub blobs_removed: usize,
+    pub bytes_freed: u64,
+    pub entries_kept: usize,
+    pub bytes_kept: u64,
+}
+
+/// Counts of a store's contents.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StoreStats {
+    pub entries: usize,
+    pub expired: usize,
+    pub blobs: usize,
+    pub bytes: u64,
+}
+
+/// A place to keep results. [`Store`] is the one implementation over a [`Backend`];
+/// [`crate::tier::Tiered`] puts a local folder in front of a remote store.
 pub trait ResultStore: Send + Sync + fmt::Debug {
     /// Where the store is, for messages.
     fn location(&self) -> String;
     /// Looks a key up; `now` (µs since the epoch) decides expiry.
-    fn get(&self, key: &CacheKey, now: i64) -> Result<Lookup, StoreError>;
-    /// Stores `bytes` under `meta.key`. `meta.blob` and `meta.size` are filled in by the store.
-    fn put(&self, meta: &mut EntryMeta, bytes: &[u8], mode: PutMode) -> Result<PutOutcome, StoreError>;
+    fn get<'a>(&'a self, key: &'a CacheKey, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>>;
+    /// Stores `bytes` (the serialized result) under `meta.key`; returns the manifest as
+    /// stored (with `blob`, `size`, `compression` filled in).
+    fn put(&self, meta: EntryMeta, bytes: Vec<u8>, mode: PutMode) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>>;
+    /// The manifest of a key, expired or not.
+    fn entry<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<Option<EntryMeta>, StoreError>>;
+    /// Every readable manifest.
+    fn entries(&self) -> BoxFuture<'_, Result<Vec<EntryMeta>, StoreError>>;
+    /// Removes an entry (its blob goes at the next gc if nothing else uses it).
+    fn remove<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Removes expired and old entries and unreferenced blobs.
+    fn gc(&self, opts: GcOptions, now: i64) -> BoxFuture<'_, Result<GcReport, StoreError>>;
+    /// Counts entries and bytes.
+    fn stats(&self, now: i64) -> BoxFuture<'_, Result<StoreStats, StoreError>>;
+    /// Asks for the right to compute `key` for `ttl_micros`.
+    fn try_lease<'a>(&'a self, key: &'a CacheKey, holder: &'a str, ttl_micros: i64, now: i64) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>>;
+    /// Extends a held lease.
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl_micros: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Gives a lease up.
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
-/// A result store in a folder: a local disk or a shared mount (NFS, JuiceFS).
+/// The result store layout over one backend.
 #[derive(Debug, Clone)]
-pub struct FolderStore {
-    root: PathBuf,
-    manifests: PathBuf,
-    blobs: PathBuf,
-    tmp: PathBuf,
-    fsync: bool,
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    compression: Compression,
 }
 
-impl FolderStore {
-    /// Opens (creating if needed) a store rooted at `root`.
-    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let root = root.into();
-        let base = root.join("v1");
-        let store = FolderStore {
-            manifests: base.join("manifests"),
-            blobs: base.join("blobs"),
-            tmp: base.join("tmp"),
-            root,
-            fsync: true,
-        };
-        for dir in [&store.manifests, &store.blobs, &store.tmp] {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
+pub(crate) fn manifest_path(key_hex: &str) -> String {
+    format!("v1/manifests/{}/{key_hex}.json", &key_hex[..2.min(key_hex.len())])
+}
+
+pub(crate) fn blob_path(blob_hex: &str) -> String {
+    format!("v1/blobs/{}/{blob_hex}", blob_hex.get(..2).unwrap_or("__"))
+}
+
+fn lease_dir(key: &CacheKey) -> String {
+    format!("v1/leases/{}/", key.to_hex())
+}
+
+impl Store {
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store {
+            backend,
+            compression: Compression::None,
         }
-        Ok(store)
     }
 
-    /// Skips fsync before publishing. Faster, but an OS crash (not a process crash) may
-    /// leave a published file empty. For throwaway caches and benchmarks only.
-    pub fn without_fsync(mut self) -> Self {
-        self.fsync = false;
+    /// Compress blobs written from now on (reading handles both).
+    pub fn with_compression(mut self, compression: Compression) -> Store {
+        self.compression = compression;
         self
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
     }
 
-    /// The manifest path of a key.
-    pub fn manifest_path(&self, key: &CacheKey) -> PathBuf {
-        let hex = key.to_hex();
-        self.manifests.join(&hex[..2]).join(format!("{hex}.json"))
+    /// The backend path of a key's manifest.
+    pub fn manifest_path(&self, key: &CacheKey) -> String {
+        manifest_path(&key.to_hex())
     }
 
-    /// The path of a blob, by its hex hash.
-    pub fn blob_path(&self, blob_hex: &str) -> PathBuf {
-        let shard = blob_hex.get(..2).unwrap_or("__");
-        self.blobs.join(shard).join(blob_hex)
+    /// The backend path of a blob.
+    pub fn blob_path(&self, blob_hex: &str) -> String {
+        blob_path(blob_hex)
     }
 
-    /// Writes `bytes` to a temp file in `tmp/`, fsynced, ready to publish.
-    fn write_temp(&self, bytes: &[u8]) -> Result<tempfile::NamedTempFile, StoreError> {
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".w-")
-            .tempfile_in(&self.tmp)
-            .map_err(io_err(&self.tmp))?;
-        tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
-        if self.fsync {
-            tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
-        }
-        Ok(tmp)
-    }
-
-    /// Publishes a temp file under `dest` only if `dest` does not exist.
-    /// Returns false if someone else's file is already there.
-    fn link_if_absent(&self, tmp: &tempfile::NamedTempFile, dest: &Path) -> Result<bool, StoreError> {
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        match fs::hard_link(tmp.path(), dest) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(io_err(dest)(e)),
-        }
-        // The temp file is unlinked when `tmp` drops.
-    }
-}
-
-impl ResultStore for FolderStore {
-    fn location(&self) -> String {
-        self.root.display().to_string()
-    }
-
-    fn get(&self, key: &CacheKey, now: i64) -> Result<Lookup, StoreError> {
-        let path = self.manifest_path(key);
-        let raw = match fs::read(&path) {
-            Ok(raw) => raw,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Miss),
-            Err(e) => return Err(io_err(&path)(e)),
+    async fn read_manifest(&self, path: &str) -> Result<Option<Result<EntryMeta, String>>, StoreError> {
+        let Some(raw) = self.backend.read(path).await? else {
+            return Ok(None);
         };
-        let meta: EntryMeta = match serde_json::from_slice(&raw) {
-            Ok(m) => m,
-            Err(e) => {
-                return Ok(Lookup::Corrupt {
-                    reason: format!("manifest {} is unreadable: {e}", path.display()),
-                });
-            }
+        Ok(Some(
+            serde_json::from_slice::<EntryMeta>(&raw)
+                .map_err(|e| format!("manifest {path} in {} is unreadable: {e}", self.backend.location())),
+        ))
+    }
+
+    async fn get_impl(&self, key: &CacheKey, now: i64) -> Result<Lookup, StoreError> {
+        let path = self.manifest_path(key);
+        let meta = match self.read_manifest(&path).await? {
+            None => return Ok(Lookup::Miss),
+            Some(Err(reason)) => return Ok(Lookup::Corrupt { reason }),
+            Some(Ok(m)) => m,
         };
         if meta.key != key.to_hex() {
             return Ok(Lookup::Corrupt {
-                reason: format!("manifest {} belongs to key {}", path.display(), meta.key),
+                reason: format!("manifest {path} belongs to key {}", meta.key),
             });
         }
         if meta.expires_at.is_some_and(|exp| exp <= now) {
             return Ok(Lookup::Expired { meta });
         }
-        let blob_path = self.blob_path(&meta.blob);
-        let bytes = match fs::read(&blob_path) {
-            Ok(b) => b,
-            // A manifest whose data is gone is a miss, never an error.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Miss),
-            Err(e) => return Err(io_err(&blob_path)(e)),
+        let bpath = blob_path(&meta.blob);
+        // A manifest whose data is gone is a miss, never an error.
+        let Some(stored) = self.backend.read(&bpath).await? else {
+            return Ok(Lookup::Miss);
         };
-        let actual = blake3::hash(&bytes);
-        if actual.to_hex().as_str() != meta.blob {
+        if blake3::hash(&stored).to_hex().as_str() != meta.blob {
             return Ok(Lookup::Corrupt {
                 reason: format!(
-                    "blob {} does not match its checksum ({} bytes, expected {})",
-                    blob_path.display(),
-                    bytes.len(),
+                    "blob {bpath} in {} does not match its checksum ({} bytes, expected {})",
+                    self.backend.location(),
+                    stored.len(),
                     meta.size
                 ),
             });
         }
+        let bytes = match meta.compression.as_deref() {
+            None => stored,
+            Some("zstd") => match zstd::decode_all(&stored[..]) {
+                Ok(b) => b,
+                Err(e) => {
+                    return Ok(Lookup::Corrupt {
+                        reason: format!("blob {bpath} does not decompress: {e}"),
+                    });
+                }
+            },
+            Some(other) => {
+                return Ok(Lookup::Corrupt {
+                    reason: format!("blob {bpath} uses unknown compression '{other}'"),
+                });
+            }
+        };
         Ok(Lookup::Hit { meta, bytes })
     }
 
-    fn put(&self, meta: &mut EntryMeta, bytes: &[u8], mode: PutMode) -> Result<PutOutcome, StoreError> {
-        let blob_hex = blake3::hash(bytes).to_hex().to_string();
-        meta.blob = blob_hex.clone();
-        meta.size = bytes.len() as u64;
+    async fn put_impl(&self, mut meta: EntryMeta, bytes: Vec<u8>, mode: PutMode) -> Result<(PutOutcome, EntryMeta), StoreError> {
         meta.format = MANIFEST_FORMAT;
-
-        // Blob first. An existing blob with this name has this content, unless it was
-        // damaged: check it, and replace it if so.
-        let blob_path = self.blob_path(&blob_hex);
-        let blob_ok = match fs::read(&blob_path) {
-            Ok(existing) => blake3::hash(&existing).to_hex().as_str() == blob_hex,
-            Err(_) => false,
+        meta.raw_size = bytes.len() as u64;
+        let compression = match meta.compression.as_deref() {
+            Some("zstd") => Compression::Zstd,
+            Some("none") => Compression::None,
+            _ => self.compression,
         };
-        if !blob_ok {
-            let tmp = self.write_temp(bytes)?;
-            if !self.link_if_absent(&tmp, &blob_path)? {
-                // Present but damaged (we checked above), or raced by an identical writer:
-                // either way our copy is good, so put it in place atomically.
-                tmp.persist(&blob_path).map_err(|e| io_err(&blob_path)(e.error))?;
+        let stored = match compression {
+            Compression::None => {
+                meta.compression = None;
+                bytes
             }
-        }
+            Compression::Zstd => {
+                meta.compression = Some("zstd".into());
+                zstd::encode_all(&bytes[..], 3).map_err(StoreError::Compression)?
+            }
+        };
+        meta.blob = blake3::hash(&stored).to_hex().to_string();
+        meta.size = stored.len() as u64;
+
+        // Blob first. A blob that exists has this content (its name is its hash) unless it
+        // was damaged, which is why entries are replaced after a corrupt read: then the
+        // blob is rewritten too.
+        let blob_mode = match mode {
+            PutMode::IfAbsent => WriteMode::IfAbsent,
+            PutMode::Replace => WriteMode::Overwrite,
+        };
+        self.backend.write(&blob_path(&meta.blob), stored, blob_mode).await?;
 
         // Manifest last.
-        let manifest = serde_json::to_vec_pretty(meta)?;
-        let key: CacheKey = meta.key.parse().map_err(|e: crate::key::InvalidKey| StoreError::Io {
-            path: self.root.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
-        })?;
-        let path = self.manifest_path(&key);
-        let tmp = self.write_temp(&manifest)?;
-        match mode {
-            PutMode::IfAbsent => {
-                if self.link_if_absent(&tmp, &path)? {
-                    Ok(PutOutcome::Published)
+        let manifest = serde_json::to_vec_pretty(&meta)?;
+        let path = manifest_path(&meta.key);
+        let written = match mode {
+            PutMode::IfAbsent => self.backend.write(&path, manifest, WriteMode::IfAbsent).await?,
+            PutMode::Replace => self.backend.write(&path, manifest, WriteMode::Overwrite).await?,
+        };
+        Ok(match written {
+            Written::Created => (PutOutcome::Published, meta),
+            Written::Exists => (PutOutcome::AlreadyPresent, meta),
+        })
+    }
+
+    async fn entries_impl(&self) -> Result<Vec<EntryMeta>, StoreError> {
+        let mut out = Vec::new();
+        for obj in self.backend.list("v1/manifests/").await? {
+            if !obj.path.ends_with(".json") {
+                continue;
+            }
+            if let Some(Ok(meta)) = self.read_manifest(&obj.path).await? {
+                out.push(meta);
+            }
+        }
+        out.sort_by_key(|m| m.created_at);
+        Ok(out)
+    }
+
+    async fn gc_impl(&self, opts: GcOptions, now: i64) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        let mut live: Vec<(EntryMeta, String)> = Vec::new();
+        let cutoff = opts.older_than_micros.map(|age| now - age);
+        for obj in self.backend.list("v1/manifests/").await? {
+            let meta = match self.read_manifest(&obj.path).await? {
+                Some(Ok(m)) => m,
+                // Unreadable manifests are garbage too.
+                Some(Err(_)) => {
+                    report.entries_removed += 1;
+                    if !opts.dry_run {
+                        self.backend.delete(&obj.path).await?;
+                    }
+                    continue;
+                }
+                None => continue,
+            };
+            let expired = meta.expires_at.is_some_and(|e| e <= now);
+            let too_old = cutoff.is_some_and(|c| meta.created_at < c);
+            if expired || too_old {
+                report.entries_removed += 1;
+                if !opts.dry_run {
+                    self.backend.delete(&obj.path).await?;
+                }
+            } else {
+                live.push((meta, obj.path));
+            }
+        }
+        if let Some(max) = opts.max_size {
+            // Oldest first, until what is left fits (shared blobs counted once).
+            live.sort_by_key(|(m, _)| std::cmp::Reverse(m.created_at));
+            let mut seen = HashSet::new();
+            let mut total = 0u64;
+            let mut keep = Vec::new();
+            for (meta, path) in live {
+                let extra = if seen.contains(&meta.blob) { 0 } else { meta.size };
+                if total + extra <= max {
+                    total += extra;
+                    seen.insert(meta.blob.clone());
+                    keep.push((meta, path));
                 } else {
-                    Ok(PutOutcome::AlreadyPresent)
+                    report.entries_removed += 1;
+                    if !opts.dry_run {
+                        self.backend.delete(&path).await?;
+                    }
                 }
             }
-            PutMode::Replace => {
-                if let Some(parent) = path.parent() {
-                    fs::create_dir_all(parent).map_err(io_err(parent))?;
+            live = keep;
+        }
+        let referenced: HashSet<&str> = live.iter().map(|(m, _)| m.blob.as_str()).collect();
+        for obj in self.backend.list("v1/blobs/").await? {
+            let name = obj.path.rsplit('/').next().unwrap_or("");
+            if referenced.contains(name) {
+                report.bytes_kept += obj.size;
+                continue;
+            }
+            // A blob is written before its manifest: a young unreferenced blob may be
+            // half of an entry being published right now.
+            if obj.modified > now - opts.grace_micros {
+                continue;
+            }
+            report.blobs_removed += 1;
+            report.bytes_freed += obj.size;
+            if !opts.dry_run {
+                self.backend.delete(&obj.path).await?;
+            }
+        }
+        for obj in self.backend.list("tmp/").await? {
+            if obj.modified <= now - opts.grace_micros.max(3_600_000_000) && !opts.dry_run {
+                // Left by writers that were killed mid-write.
+                self.backend.delete(&obj.path).await?;
+            }
+        }
+        report.entries_kept = live.len();
+        Ok(report)
+    }
+
+    async fn stats_impl(&self, now: i64) -> Result<StoreStats, StoreError> {
+        let entries = self.entries_impl().await?;
+        let blobs = self.backend.list("v1/blobs/").await?;
+        Ok(StoreStats {
+            entries: entries.len(),
+            expired: entries.iter().filter(|m| m.expires_at.is_some_and(|e| e <= now)).count(),
+            blobs: blobs.len(),
+            bytes: blobs.iter().map(|b| b.size).sum(),
+        })
+    }
+
+    async fn current_lease(&self, key: &CacheKey) -> Result<Option<(u64, Option<LeaseRecord>)>, StoreError> {
+        let mut gens: Vec<u64> = self
+            .backend
+            .list(&lease_dir(key))
+            .await?
+            .iter()
+            .filter_map(|o| o.path.rsplit('/').next()?.parse().ok())
+            .collect();
+        gens.sort_unstable();
+        let Some(&gen_) = gens.last() else { return Ok(None) };
+        let rec = self
+            .backend
+            .read(&format!("{}{gen_:020}", lease_dir(key)))
+            .await?
+            .and_then(|raw| serde_json::from_slice(&raw).ok());
+        Ok(Some((gen_, rec)))
+    }
+
+    async fn try_lease_impl(&self, key: &CacheKey, holder: &str, ttl: i64, now: i64) -> Result<LeaseOutcome, StoreError> {
+        // Generations make take-over safe with nothing but create-if-absent: whoever
+        // creates generation n+1 of an expired lease n owns it, and only one can.
+        let next = match self.current_lease(key).await? {
+            None => 1,
+            Some((gen_, Some(rec))) if rec.expires_at > now => {
+                let _ = gen_;
+                return Ok(LeaseOutcome::Held(rec));
+            }
+            // Expired, or unreadable (a holder killed mid-write): take it over.
+            Some((gen_, _)) => gen_ + 1,
+        };
+        let rec = LeaseRecord {
+            holder: holder.to_string(),
+            expires_at: now + ttl,
+        };
+        let path = format!("{}{next:020}", lease_dir(key));
+        match self.backend.write(&path, serde_json::to_vec(&rec)?, WriteMode::IfAbsent).await? {
+            Written::Created => {
+                if next > 1 {
+                    let _ = self.backend.delete(&format!("{}{:020}", lease_dir(key), next - 1)).await;
                 }
-                tmp.persist(&path).map_err(|e| io_err(&path)(e.error))?;
-                Ok(PutOutcome::Published)
+                Ok(LeaseOutcome::Acquired(Lease {
+                    key: *key,
+                    generation: next,
+                    holder: holder.to_string(),
+                }))
+            }
+            Written::Exists => {
+                let rec = self
+                    .backend
+                    .read(&path)
+                    .await?
+                    .and_then(|raw| serde_json::from_slice(&raw).ok())
+                    .unwrap_or(LeaseRecord {
+                        holder: "another writer".into(),
+                        expires_at: now + ttl,
+                    });
+                Ok(LeaseOutcome::Held(rec))
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::key::KeyParts;
-
-    fn key(n: u8) -> CacheKey {
-        let inputs = [("x", [n; 32])];
-        KeyParts {
-            task_path: "t",
-            cache_version: "",
-            source_hash: None,
-            inputs: &inputs,
-            custom: None,
-        }
-        .key()
+impl ResultStore for Store {
+    fn location(&self) -> String {
+        self.backend.location()
     }
 
-    fn meta(k: &CacheKey) -> EntryMeta {
-        EntryMeta {
-            format: MANIFEST_FORMAT,
-            key: k.to_hex(),
-            task: "t".into(),
-            flow: None,
-            flow_run_id: None,
-            task_run_id: "r".into(),
-            serializer: "json".into(),
-            created_at: 0,
-            expires_at: None,
-            size: 0,
-            blob: String::new(),
-            cache_version: String::new(),
-            source_hash: None,
-            inputs: vec![],
-        }
+    fn get<'a>(&'a self, key: &'a CacheKey, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>> {
+        Box::pin(self.get_impl(key, now))
     }
 
-    #[test]
-    fn put_then_get_and_first_writer_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FolderStore::open(dir.path()).unwrap();
-        let k = key(1);
-        assert!(matches!(store.get(&k, 0).unwrap(), Lookup::Miss));
-        assert_eq!(
-            store.put(&mut meta(&k), b"41", PutMode::IfAbsent).unwrap(),
-            PutOutcome::Published
-        );
-        assert_eq!(
-            store.put(&mut meta(&k), b"42", PutMode::IfAbsent).unwrap(),
-            PutOutcome::AlreadyPresent
-        );
-        match store.get(&k, 0).unwrap() {
-            Lookup::Hit { bytes, meta } => {
-                assert_eq!(bytes, b"41");
-                assert_eq!(meta.size, 2);
-            }
-            other => panic!("expected hit, got {other:?}"),
-        }
-        store.put(&mut meta(&k), b"43", PutMode::Replace).unwrap();
-        assert!(matches!(store.get(&k, 0).unwrap(), Lookup::Hit { bytes, .. } if bytes == b"43"));
-        // Nothing is left behind in tmp/.
-        assert_eq!(fs::read_dir(dir.path().join("v1/tmp")).unwrap().count(), 0);
+    fn put(&self, meta: EntryMeta, bytes: Vec<u8>, mode: PutMode) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
+        Box::pin(self.put_impl(meta, bytes, mode))
     }
 
-    #[test]
-    fn missing_blob_is_a_miss_and_damage_is_corrupt() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FolderStore::open(dir.path()).unwrap();
-        let k = key(2);
-        let mut m = meta(&k);
-        store.put(&mut m, b"hello", PutMode::IfAbsent).unwrap();
-        let blob = store.blob_path(&m.blob);
-
-        fs::write(&blob, b"hellO").unwrap();
-        assert!(matches!(store.get(&k, 0).unwrap(), Lookup::Corrupt { .. }));
-
-        fs::remove_file(&blob).unwrap();
-        assert!(matches!(store.get(&k, 0).unwrap(), Lookup::Miss));
-
-        // Re-putting the same content repairs the blob.
-        store.put(&mut meta(&k), b"hello", PutMode::Replace).unwrap();
-        assert!(matches!(store.get(&k, 0).unwrap(), Lookup::Hit { .. }));
-
-        fs::write(store.manifest_path(&k), b"{ not json").unwrap();
-        assert!(matches!(store.get(&k, 0).unwrap(), Lookup::Corrupt { .. }));
+    fn entry<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<Option<EntryMeta>, StoreError>> {
+        Box::pin(async move {
+            Ok(match self.read_manifest(&self.manifest_path(key)).await? {
+                Some(Ok(m)) => Some(m),
+                _ => None,
+            })
+        })
     }
 
-    #[test]
-    fn expired_entries_are_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FolderStore::open(dir.path()).unwrap();
-        let k = key(3);
-        let mut m = meta(&k);
-        m.expires_at = Some(100);
-        store.put(&mut m, b"1", PutMode::IfAbsent).unwrap();
-        assert!(matches!(store.get(&k, 99).unwrap(), Lookup::Hit { .. }));
-        assert!(matches!(store.get(&k, 100).unwrap(), Lookup::Expired { .. }));
+    fn entries(&self) -> BoxFuture<'_, Result<Vec<EntryMeta>, StoreError>> {
+        Box::pin(self.entries_impl())
     }
 
-    #[test]
-    fn identical_results_share_one_blob() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FolderStore::open(dir.path()).unwrap();
-        let (mut a, mut b) = (meta(&key(4)), meta(&key(5)));
-        store.put(&mut a, b"same", PutMode::IfAbsent).unwrap();
-        store.put(&mut b, b"same", PutMode::IfAbsent).unwrap();
-        assert_eq!(a.blob, b.blob);
-        let shard = store.blob_path(&a.blob).parent().unwrap().to_path_buf();
-        assert_eq!(fs::read_dir(shard).unwrap().count(), 1);
+    fn remove<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let path = self.manifest_path(key);
+            let existed = self.backend.read(&path).await?.is_some();
+            self.backend.delete(&path).await?;
+            Ok(existed)
+        })
     }
 
-    #[test]
-    fn concurrent_writers_agree_on_one_winner() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FolderStore::open(dir.path()).unwrap();
-        let k = key(6);
-        let winners: usize = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..16)
-                .map(|i| {
-                    let store = store.clone();
-                    s.spawn(move || {
-                        let body = format!("writer-{i}");
-                        store.put(&mut meta(&k), body.as_bytes(), PutMode::IfAbsent).unwrap()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .filter(|o| *o == PutOutcome::Published)
-                .count()
-        });
-        assert_eq!(winners, 1);
-        assert!(matches!(store.get(&k, 0).unwrap(), Lookup::Hit { .. }));
+    fn gc(&self, opts: GcOptions, now: i64) -> BoxFuture<'_, Result<GcReport, StoreError>> {
+        Box::pin(self.gc_impl(opts, now))
+    }
+
+    fn stats(&self, now: i64) -> BoxFuture<'_, Result<StoreStats, StoreError>> {
+        Box::pin(self.stats_impl(now))
+    }
+
+    fn try_lease<'a>(&'a self, key: &'a CacheKey, holder: &'a str, ttl: i64, now: i64) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>> {
+        Box::pin(self.try_lease_impl(key, holder, ttl, now))
+    }
+
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let rec = LeaseRecord {
+                holder: lease.holder.clone(),
+                expires_at: now + ttl,
+            };
+            let path = format!("{}{:020}", lease_dir(&lease.key), lease.generation);
+            self.backend.write(&path, serde_json::to_vec(&rec)?, WriteMode::Overwrite).await?;
+            Ok(())
+        })
+    }
+
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let path = format!("{}{:020}", lease_dir(&lease.key), lease.generation);
+            self.backend.delete(&path).await?;
+            Ok(())
+        })
     }
 }

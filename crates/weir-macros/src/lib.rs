@@ -58,6 +58,8 @@ struct TaskOpts {
     cache_version: Option<LitStr>,
     serializer: Option<(String, Span)>,
     blocking: bool,
+    isolation: Option<bool>,
+    compression: Option<String>,
 }
 
 fn duration_nanos(lit: &LitStr) -> syn::Result<u128> {
@@ -119,10 +121,26 @@ impl TaskOpts {
                 self.serializer = Some((lit.value(), lit.span()));
             }
             "blocking" => self.blocking = true,
+            "isolation" => {
+                let lit: LitStr = meta.value()?.parse()?;
+                self.isolation = Some(match lit.value().as_str() {
+                    "serializable" => true,
+                    "none" => false,
+                    _ => return Err(syn::Error::new(lit.span(), "isolation is \"serializable\" or \"none\"")),
+                });
+            }
+            "compression" => {
+                let lit: LitStr = meta.value()?.parse()?;
+                if !matches!(lit.value().as_str(), "zstd" | "none") {
+                    return Err(syn::Error::new(lit.span(), "compression is \"zstd\" or \"none\""));
+                }
+                self.compression = Some(lit.value());
+            }
             _ => {
                 return Err(meta.error(
                     "unknown task option (expected one of: name, cache, key, cache_version, cache_expiration, \
-                     refresh_cache, serializer, retries, retry_delay, backoff, jitter, timeout, blocking)",
+                     refresh_cache, serializer, compression, isolation, retries, retry_delay, backoff, jitter, \
+                     timeout, blocking)",
                 ));
             }
         }
@@ -252,6 +270,11 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
         _ => quote!(::weir::Format::Json),
     };
     let param_names: Vec<String> = args.iter().map(|a| a.ident.to_string()).collect();
+    let isolation = opts.isolation.unwrap_or(true);
+    let compression = match &opts.compression {
+        Some(c) => quote!(::core::option::Option::Some(#c)),
+        None => quote!(::core::option::Option::None),
+    };
 
     // The outer function takes the arguments by value, without `mut`.
     let outer_params = args.iter().map(|a| {
@@ -342,6 +365,8 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
                 timeout: #timeout,
                 blocking: #blocking,
                 params: &[#(#param_names),*],
+                isolation: #isolation,
+                compression: #compression,
             };
         }
     })

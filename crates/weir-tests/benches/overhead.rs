@@ -106,7 +106,7 @@ fn main() {
     let reps = if quick { 3 } else { 9 };
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = weir::Settings::from_env();
-    settings.results_dir = dir.path().join("results");
+    settings.results = dir.path().join("results").display().to_string();
     settings.state_db = (!std::env::args().any(|a| a == "norecord")).then(|| dir.path().join("weir.db"));
     settings.log_filter = "warn".into();
     settings.progress = weir::ProgressMode::Never;

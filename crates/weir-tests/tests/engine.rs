@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use weir::prelude::*;
 use weir::{CachePolicy, FlowRunId, State};
-use weir_cache::{CacheKey, FolderStore, ResultStore};
+use weir_cache::folder::FolderBackend;
+use weir_cache::{CacheKey, ResultStore, Store};
 use weir_state::StateDb;
 
 struct Env {
@@ -27,7 +28,8 @@ fn env() -> &'static Env {
             db: dir.join("weir.db"),
         };
         let mut settings = weir::Settings::from_env();
-        settings.results_dir = env.results.clone();
+        settings.results = env.results.display().to_string();
+        settings.local_cache = None;
         settings.state_db = Some(env.db.clone());
         settings.refresh_cache = false;
         settings.log_filter = "info".into();
@@ -465,8 +467,12 @@ async fn double_flow(x: u64) -> anyhow::Result<u64> {
     Ok(double(x).await?)
 }
 
-fn store() -> FolderStore {
-    FolderStore::open(&env().results).unwrap()
+fn folder() -> FolderBackend {
+    FolderBackend::open(&env().results).unwrap()
+}
+
+fn store() -> Store {
+    Store::new(std::sync::Arc::new(folder()))
 }
 
 fn key_of(call: weir::TaskCall<u64>) -> CacheKey {
@@ -496,13 +502,14 @@ async fn corrupted_truncated_or_mistyped_entries_are_recomputed() {
     double_flow(x).await.unwrap();
     let key = key_of(double(x));
     let store = store();
-    let manifest = store.manifest_path(&key);
+    let folder = folder();
+    let manifest = folder.path_of(&store.manifest_path(&key));
     let meta: weir_cache::EntryMeta = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
     assert_eq!(meta.task, double::SPEC.path);
     assert_eq!(meta.inputs[0].name, "x");
 
     // A damaged blob.
-    std::fs::write(store.blob_path(&meta.blob), b"{{{{").unwrap();
+    std::fs::write(folder.path_of(&store.blob_path(&meta.blob)), b"{{{{").unwrap();
     assert_eq!(double_flow(x).await.unwrap(), x * 2);
     assert_eq!(count(&what), 2);
     assert_eq!(double_flow(x).await.unwrap(), x * 2);
@@ -515,9 +522,9 @@ async fn corrupted_truncated_or_mistyped_entries_are_recomputed() {
     assert_eq!(count(&what), 3);
 
     // A well-formed entry holding another type (the task's return type changed).
-    let mut wrong = meta.clone();
     store
-        .put(&mut wrong, br#""not a number""#, weir_cache::PutMode::Replace)
+        .put(meta.clone(), br#""not a number""#.to_vec(), weir_cache::PutMode::Replace)
+        .await
         .unwrap();
     let (r, report) = double_flow(x).with_report().await;
     assert_eq!(r.unwrap(), x * 2);
@@ -531,7 +538,7 @@ async fn corrupted_truncated_or_mistyped_entries_are_recomputed() {
 
     // A manifest whose blob is gone is a plain miss.
     let meta: weir_cache::EntryMeta = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    std::fs::remove_file(store.blob_path(&meta.blob)).unwrap();
+    std::fs::remove_file(folder.path_of(&store.blob_path(&meta.blob))).unwrap();
     assert_eq!(double_flow(x).await.unwrap(), x * 2);
     assert_eq!(count(&what), 5);
 }
@@ -743,7 +750,7 @@ async fn concurrent_writers_of_one_key_all_return_one_result() {
     assert_eq!(out, vec![x * 10; 16]);
     let store = store();
     let key = key_of(shared(x));
-    assert!(matches!(store.get(&key, 0).unwrap(), weir_cache::Lookup::Hit { .. }));
+    assert!(matches!(store.get(&key, 0).await.unwrap(), weir_cache::Lookup::Hit { .. }));
     // (That no temp files are left behind is checked in weir-cache, where no other test
     // shares the folder.)
 }

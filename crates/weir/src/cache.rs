@@ -1,9 +1,11 @@
-//! How a task run uses the result store: key material from the inputs, lookup, publish.
+//! How a task run uses the result store: key material from the inputs, lookup, isolation
+//! leases, publish.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use weir_cache::canonical::CanonicalError;
-use weir_cache::{CacheKey, EntryMeta, Format, KeyParts, Lookup, PutMode, PutOutcome, ResultStore};
+use weir_cache::{CacheKey, EntryMeta, Format, KeyParts, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore};
 
 use crate::task::{CachePolicy, TaskSpec};
 
@@ -67,22 +69,20 @@ pub(crate) enum Found<T> {
     Compute(PutMode),
 }
 
-pub(crate) fn lookup<T>(store: &Arc<dyn ResultStore>, key: &CacheKey, codec: &Codec<T>, spec: &TaskSpec) -> Found<T> {
-    match store.get(key, weir_types::time::now_micros()) {
-        Ok(Lookup::Hit { meta, bytes }) => {
-            match Format::from_name(&meta.serializer).and_then(|f| (codec.decode)(&bytes, f)) {
-                Ok(v) => Found::Value(v),
-                Err(e) => {
-                    tracing::warn!(
-                        target: "weir::cache",
-                        "cached result of {} (key {}) cannot be read as this task's output ({e}); recomputing",
-                        spec.name,
-                        &meta.key[..16]
-                    );
-                    Found::Compute(PutMode::Replace)
-                }
+pub(crate) async fn lookup<T>(store: &Arc<dyn ResultStore>, key: &CacheKey, codec: &Codec<T>, spec: &TaskSpec) -> Found<T> {
+    match store.get(key, weir_types::time::now_micros()).await {
+        Ok(Lookup::Hit { meta, bytes }) => match Format::from_name(&meta.serializer).and_then(|f| (codec.decode)(&bytes, f)) {
+            Ok(v) => Found::Value(v),
+            Err(e) => {
+                tracing::warn!(
+                    target: "weir::cache",
+                    "cached result of {} (key {}) cannot be read as this task's output ({e}); recomputing",
+                    spec.name,
+                    meta.key.get(..16).unwrap_or(&meta.key)
+                );
+                Found::Compute(PutMode::Replace)
             }
-        }
+        },
         Ok(Lookup::Miss) => Found::Compute(PutMode::IfAbsent),
         Ok(Lookup::Expired { .. }) => {
             tracing::debug!(target: "weir::cache", "cached result of {} expired; recomputing", spec.name);
@@ -99,12 +99,112 @@ pub(crate) fn lookup<T>(store: &Arc<dyn ResultStore>, key: &CacheKey, codec: &Co
     }
 }
 
+/// The right to compute a key, kept alive by a heartbeat until dropped or released.
+pub(crate) struct HeldLease {
+    store: Arc<dyn ResultStore>,
+    lease: Option<Lease>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl HeldLease {
+    pub async fn release(mut self) {
+        self.heartbeat.abort();
+        if let Some(lease) = self.lease.take()
+            && let Err(e) = self.store.release(&lease).await
+        {
+            tracing::debug!(target: "weir::cache", "could not release the lease on {}: {e}", lease.key);
+        }
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        // Dropped without release (the run was cancelled): release in the background, or
+        // let the lease expire if the runtime is going away.
+        if let Some(lease) = self.lease.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.store.clone();
+            rt.spawn(async move {
+                let _ = store.release(&lease).await;
+            });
+        }
+    }
+}
+
+/// What serializable isolation decided.
+pub(crate) enum Isolation<T> {
+    /// We hold the lease: compute.
+    Compute(Option<HeldLease>),
+    /// Someone else computed it while we waited.
+    Value(T),
+}
+
+/// Makes sure one process computes a key at a time: takes the key's lease, or waits for
+/// whoever holds it to publish (or to die, and the lease to expire).
+pub(crate) async fn isolate<T>(
+    store: &Arc<dyn ResultStore>,
+    key: &CacheKey,
+    codec: &Codec<T>,
+    spec: &TaskSpec,
+    holder: &str,
+    ttl: Duration,
+) -> Isolation<T> {
+    let ttl_us = ttl.as_micros() as i64;
+    let mut wait = Duration::from_millis(20);
+    let mut announced = false;
+    loop {
+        match store.try_lease(key, holder, ttl_us, weir_types::time::now_micros()).await {
+            Ok(LeaseOutcome::Acquired(lease)) => {
+                // It may have been published between our lookup and the lease.
+                if let Found::Value(v) = lookup(store, key, codec, spec).await {
+                    let _ = store.release(&lease).await;
+                    return Isolation::Value(v);
+                }
+                let hb_store = store.clone();
+                let hb_lease = lease.clone();
+                let heartbeat = tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(ttl / 3).await;
+                        if let Err(e) = hb_store.renew(&hb_lease, ttl_us, weir_types::time::now_micros()).await {
+                            tracing::warn!(target: "weir::cache", "could not renew the lease on {}: {e}", hb_lease.key);
+                        }
+                    }
+                });
+                return Isolation::Compute(Some(HeldLease {
+                    store: store.clone(),
+                    lease: Some(lease),
+                    heartbeat,
+                }));
+            }
+            Ok(LeaseOutcome::Held(rec)) => {
+                if !announced {
+                    tracing::info!(target: "weir::cache", "waiting for {} to compute this result", rec.holder);
+                    announced = true;
+                }
+                // Another process on another machine: only the store can tell us when it is
+                // done, so we ask it, backing off up to a second.
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+                if let Found::Value(v) = lookup(store, key, codec, spec).await {
+                    return Isolation::Value(v);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target: "weir::cache", "cache isolation unavailable ({e}); computing {} anyway", spec.name);
+                return Isolation::Compute(None);
+            }
+        }
+    }
+}
+
 /// Publishes a computed result. Returns the winner's value when another writer published
 /// the same key first, so every caller of a key sees one result.
 pub(crate) async fn publish<T>(
     store: Arc<dyn ResultStore>,
     codec: &Codec<T>,
-    mut meta: EntryMeta,
+    meta: EntryMeta,
     value: T,
     format: Format,
     mode: PutMode,
@@ -118,16 +218,17 @@ pub(crate) async fn publish<T>(
     };
     let key = meta.key.clone();
     let task = meta.task.clone();
-    // fsync and link take milliseconds on real disks: keep them off the async workers.
+    // fsync, link and uploads take milliseconds: keep them off the async workers.
     let write_store = store.clone();
-    let outcome = tokio::task::spawn_blocking(move || write_store.put(&mut meta, &bytes, mode)).await;
+    let outcome = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Handle::current().block_on(write_store.put(meta, bytes, mode))
+    })
+    .await;
     match outcome {
-        Ok(Ok(PutOutcome::Published)) => value,
-        Ok(Ok(PutOutcome::AlreadyPresent)) => {
-            let Ok(parsed) = key.parse::<CacheKey>() else {
-                return value;
-            };
-            match store.get(&parsed, weir_types::time::now_micros()) {
+        Ok(Ok((PutOutcome::Published, _))) => value,
+        Ok(Ok((PutOutcome::AlreadyPresent, _))) => {
+            let Ok(parsed) = key.parse::<CacheKey>() else { return value };
+            match store.get(&parsed, weir_types::time::now_micros()).await {
                 Ok(Lookup::Hit { meta, bytes }) => Format::from_name(&meta.serializer)
                     .and_then(|f| (codec.decode)(&bytes, f))
                     .unwrap_or(value),

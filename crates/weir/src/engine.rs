@@ -6,7 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use futures::future::BoxFuture;
-use weir_cache::{FolderStore, ResultStore};
+use weir_cache::{Compression, OpenOptions, ResultStore};
 use weir_state::{Event, Writer};
 
 use crate::console::Console;
@@ -56,8 +56,13 @@ pub(crate) fn get() -> &'static Engine {
         crate::logging::install(&settings.log_filter);
         // Problems here must not stop the user's flow: without a store tasks run uncached,
         // without a database runs are not recorded. Both are reported once, plainly.
-        let store: Option<Arc<dyn ResultStore>> = match FolderStore::open(&settings.results_dir) {
-            Ok(s) => Some(Arc::new(if settings.fsync { s } else { s.without_fsync() })),
+        let opts = OpenOptions {
+            fsync: settings.fsync,
+            compression: if settings.compression { Compression::Zstd } else { Compression::None },
+            local_tier: settings.local_cache.clone(),
+        };
+        let store: Option<Arc<dyn ResultStore>> = match weir_cache::open(&settings.results, &opts) {
+            Ok(s) => Some(s),
             Err(e) => {
                 console.line(&format!("weir: warning: result cache disabled: {e}"));
                 None

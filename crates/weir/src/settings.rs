@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use weir_types::config::{Paths, env_flag};
 
@@ -17,8 +18,18 @@ pub enum ProgressMode {
 /// What the engine uses. [`Settings::from_env`] documents the variables.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// The result cache folder (`WEIR_RESULTS_DIR`).
-    pub results_dir: PathBuf,
+    /// Where results go: a folder path or a URL (`WEIR_RESULTS`, else `WEIR_RESULTS_DIR`):
+    /// `/mnt/shared/results`, `file:///…`, `s3://bucket/prefix?endpoint=…`, `memory://`.
+    pub results: String,
+    /// A local folder in front of a remote result store (`WEIR_LOCAL_CACHE`; default
+    /// `$WEIR_HOME/local-cache` for remote stores, none for folders), and its size cap
+    /// (`WEIR_LOCAL_CACHE_SIZE`, default `10GiB`).
+    pub local_cache: Option<(PathBuf, u64)>,
+    /// Compress stored results (`WEIR_COMPRESSION=zstd`); tasks can override.
+    pub compression: bool,
+    /// How long a lease on a key being computed lasts without renewal
+    /// (`WEIR_LEASE_TTL`, default `30s`; renewed every third of it while computing).
+    pub lease_ttl: Duration,
     /// The SQLite database runs are recorded in (`WEIR_STATE_DB`); `None` records nothing.
     pub state_db: Option<PathBuf>,
     /// Recompute every cached task (`WEIR_REFRESH_CACHE=1`).
@@ -45,8 +56,30 @@ impl Settings {
             "never" | "0" | "false" => ProgressMode::Never,
             _ => ProgressMode::Auto,
         };
+        let results = std::env::var("WEIR_RESULTS")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| paths.results_dir.display().to_string());
+        let remote = results.contains("://") && !results.starts_with("file://");
+        let local_cache = match std::env::var_os("WEIR_LOCAL_CACHE").filter(|v| !v.is_empty()) {
+            Some(v) if v == "none" || v == "off" => None,
+            Some(v) => Some(PathBuf::from(v)),
+            None => remote.then(|| paths.home.join("local-cache")),
+        };
+        let cap = std::env::var("WEIR_LOCAL_CACHE_SIZE")
+            .ok()
+            .and_then(|s| s.trim().parse::<bytesize::ByteSize>().ok())
+            .map(|b| b.as_u64())
+            .unwrap_or(10 << 30);
+        let lease_ttl = std::env::var("WEIR_LEASE_TTL")
+            .ok()
+            .and_then(|s| weir_types::duration::parse(&s).ok())
+            .unwrap_or(Duration::from_secs(30));
         Settings {
-            results_dir: paths.results_dir,
+            results,
+            local_cache: local_cache.map(|p| (p, cap)),
+            compression: std::env::var("WEIR_COMPRESSION").map(|v| v == "zstd").unwrap_or(false),
+            lease_ttl,
             state_db: Some(paths.state_db),
             refresh_cache: env_flag("WEIR_REFRESH_CACHE"),
             log_filter: std::env::var("WEIR_LOG")

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use weir_cache::{CacheKey, EntryMeta, Format, PutMode};
 use weir_types::{CacheStatus, State, StateEntry, TaskRunId, TaskRunRecord};
 
-use crate::cache::{self, Codec, Found, KeyError, KeyMaterial};
+use crate::cache::{self, Codec, Found, HeldLease, Isolation, KeyError, KeyMaterial};
 use crate::context::{self, FlowRunCtx, SCOPE, Scope};
 use crate::engine::{self, Engine};
 
@@ -61,6 +61,11 @@ pub struct TaskSpec {
     pub timeout: Option<Duration>,
     pub blocking: bool,
     pub params: &'static [&'static str],
+    /// Serializable isolation: one process computes a key at a time, others wait for its
+    /// result (`isolation = "none"` opts out).
+    pub isolation: bool,
+    /// `Some("zstd")` or `Some("none")` overrides the store's compression.
+    pub compression: Option<&'static str>,
 }
 
 impl TaskSpec {
@@ -486,6 +491,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
 
     // The cache: a hit returns here, without running the task.
     let mut publish_plan: Option<(CacheKey, PutMode)> = None;
+    let mut lease: Option<HeldLease> = None;
     if let Some(codec) = &parts.codec {
         let material = match &codec.key {
             Ok(m) => m,
@@ -500,14 +506,27 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 PutMode::Replace
             } else {
                 run.rec.cache_status = CacheStatus::Miss;
-                match in_task_scope(&task_scope, || cache::lookup(store, &key, codec, spec)) {
+                let found = SCOPE.scope(task_scope.clone(), cache::lookup(store, &key, codec, spec)).await;
+                let found = match found {
+                    Found::Compute(PutMode::IfAbsent) if spec.isolation => {
+                        let holder = format!("{}:{} (task run {})", engine.hostname, engine.pid, run.rec.id);
+                        let isolated = cache::isolate(store, &key, codec, spec, &holder, engine.settings.lease_ttl);
+                        match SCOPE.scope(task_scope.clone(), isolated).await {
+                            Isolation::Value(v) => Found::Value(v),
+                            Isolation::Compute(held) => {
+                                lease = held;
+                                Found::Compute(PutMode::IfAbsent)
+                            }
+                        }
+                    }
+                    other => other,
+                };
+                match found {
                     Found::Value(v) => {
                         run.rec.cache_status = CacheStatus::Hit;
                         run.set(State::Cached, None);
-                        in_scope(
-                            &task_scope,
-                            || tracing::info!(target: "weir::task", "Cached (cache hit, key {})", &run.rec.cache_key.as_deref().unwrap_or("")[..12]),
-                        );
+                        let short = run.rec.cache_key.as_deref().and_then(|k| k.get(..12)).unwrap_or("");
+                        in_scope(&task_scope, || tracing::info!(target: "weir::task", "Cached (cache hit, key {short})"));
                         return Ok(v);
                     }
                     Found::Compute(mode) => mode,
@@ -569,6 +588,8 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 task_run_id: run.rec.id.to_string(),
                 serializer: spec.format.name().to_string(),
                 created_at: weir_types::time::now_micros(),
+                raw_size: 0,
+                compression: spec.compression.map(str::to_string),
                 expires_at: spec
                     .cache_expiration
                     .map(|d| weir_types::time::now_micros().saturating_add(d.as_micros() as i64)),
@@ -587,6 +608,9 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         }
         _ => value,
     };
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
     run.set(State::Completed, None);
     let status = match run.rec.cache_status {
         CacheStatus::Disabled => String::new(),
@@ -600,9 +624,6 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
     Ok(value)
 }
 
-fn in_task_scope<R>(scope: &Scope, f: impl FnOnce() -> R) -> R {
-    SCOPE.sync_scope(scope.clone(), f)
-}
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {

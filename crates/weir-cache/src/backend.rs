@@ -1,0 +1,74 @@
+//! The few operations the result store needs from a place that holds files.
+//!
+//! [`FolderBackend`](crate::folder::FolderBackend) is a POSIX folder (local disk, NFS,
+//! JuiceFS); [`ObjectBackend`](crate::object::ObjectBackend) is object storage through
+//! OpenDAL (S3 and S3-compatible servers, in-memory for tests, GCS and Azure behind cargo
+//! features). The result store's layout and checks are written once, over this trait.
+
+use std::fmt;
+
+use futures::future::BoxFuture;
+
+/// How to write a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Replace whatever is there (atomically: readers see the old or the new file).
+    Overwrite,
+    /// Create only if nothing is there; never replace.
+    IfAbsent,
+}
+
+/// What a write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    Created,
+    /// `IfAbsent` and the name was taken.
+    Exists,
+}
+
+/// One stored file, as listed.
+#[derive(Clone, Debug)]
+pub struct ObjectInfo {
+    /// Path relative to the backend's root, with `/` separators.
+    pub path: String,
+    pub size: u64,
+    /// Last modification, µs since the epoch (0 if the backend does not say).
+    pub modified: i64,
+}
+
+/// A failure of the backend itself (I/O, network, permissions), not a missing file.
+#[derive(Debug, thiserror::Error)]
+#[error("{backend}: {op} {path}: {message}")]
+pub struct BackendError {
+    pub backend: String,
+    pub op: &'static str,
+    pub path: String,
+    pub message: String,
+}
+
+/// A place that holds files by path.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Where this is, for messages (`/mnt/cache`, `s3://bucket/prefix`).
+    fn location(&self) -> String;
+
+    /// Whether `WriteMode::IfAbsent` is atomic here. Where it is not, concurrent writers of
+    /// one name may both believe they created it (the last write wins).
+    fn atomic_if_absent(&self) -> bool;
+
+    /// The file's bytes, or `None` if there is no such file.
+    fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>>;
+
+    /// Writes a whole file atomically: a reader never sees part of it.
+    fn write<'a>(&'a self, path: &'a str, bytes: Vec<u8>, mode: WriteMode) -> BoxFuture<'a, Result<Written, BackendError>>;
+
+    /// Deletes a file; deleting a missing file is not an error.
+    fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Every file under `prefix` (recursively).
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, BackendError>>;
+
+    /// Marks a file as just used (for least-recently-used eviction). Optional.
+    fn touch<'a>(&'a self, _path: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -1,0 +1,179 @@
+//! A folder as a backend: a local disk, or a shared mount (NFS, JuiceFS).
+//!
+//! Every file is written to `tmp/` under the root, fsynced, then published under its final
+//! name: with `link(2)` for [`WriteMode::IfAbsent`] (which fails if the name exists, so of
+//! two machines writing one name exactly one wins, even on a shared mount), with `rename(2)`
+//! for [`WriteMode::Overwrite`]. A process killed mid-write leaves only a temp file.
+//!
+//! I/O here is synchronous inside the returned futures: small files are read from the page
+//! cache in microseconds, far less than handing the work to another thread would cost.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+
+use crate::backend::{Backend, BackendError, ObjectInfo, WriteMode, Written};
+
+/// A folder backend.
+#[derive(Debug, Clone)]
+pub struct FolderBackend {
+    root: PathBuf,
+    tmp: PathBuf,
+    fsync: bool,
+}
+
+impl FolderBackend {
+    /// Opens (creating if needed) the folder `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<FolderBackend, BackendError> {
+        let root = root.into();
+        let tmp = root.join("tmp");
+        let b = FolderBackend { root, tmp, fsync: true };
+        fs::create_dir_all(&b.tmp).map_err(|e| b.err("create", &b.tmp, e))?;
+        Ok(b)
+    }
+
+    /// Skips fsync before publishing: an OS crash (not a process crash) may then leave a
+    /// published file empty. For throwaway caches and benchmarks.
+    pub fn without_fsync(mut self) -> Self {
+        self.fsync = false;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path on disk of a backend path.
+    pub fn path_of(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+
+    fn err(&self, op: &'static str, path: &Path, e: io::Error) -> BackendError {
+        BackendError {
+            backend: self.root.display().to_string(),
+            op,
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn write_sync(&self, path: &str, bytes: &[u8], mode: WriteMode) -> Result<Written, BackendError> {
+        let dest = self.path_of(path);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(|e| self.err("create", parent, e))?;
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".w-")
+            .tempfile_in(&self.tmp)
+            .map_err(|e| self.err("create", &self.tmp, e))?;
+        tmp.write_all(bytes).map_err(|e| self.err("write", tmp.path(), e))?;
+        if self.fsync {
+            tmp.as_file().sync_all().map_err(|e| self.err("fsync", tmp.path(), e))?;
+        }
+        match mode {
+            WriteMode::IfAbsent => match fs::hard_link(tmp.path(), &dest) {
+                // The temp name is unlinked when `tmp` drops.
+                Ok(()) => Ok(Written::Created),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Written::Exists),
+                Err(e) => Err(self.err("link", &dest, e)),
+            },
+            WriteMode::Overwrite => {
+                tmp.persist(&dest).map_err(|e| self.err("rename", &dest, e.error))?;
+                Ok(Written::Created)
+            }
+        }
+    }
+
+    fn list_sync(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        let mut out = Vec::new();
+        let start = self.path_of(prefix);
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.err("list", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| self.err("list", &dir, e))?;
+                let path = entry.path();
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    // Deleted while we listed (gc, eviction): not there any more.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(self.err("stat", &path, e)),
+                };
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&self.root) {
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map(|d| d.as_micros() as i64)
+                        .unwrap_or(0);
+                    out.push(ObjectInfo {
+                        path: rel.to_string_lossy().replace('\\', "/"),
+                        size: meta.len(),
+                        modified,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Backend for FolderBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn atomic_if_absent(&self) -> bool {
+        true
+    }
+
+    fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
+        let result = match fs::read(self.path_of(path)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("read", &self.path_of(path), e)),
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn write<'a>(&'a self, path: &'a str, bytes: Vec<u8>, mode: WriteMode) -> BoxFuture<'a, Result<Written, BackendError>> {
+        Box::pin(std::future::ready(self.write_sync(path, &bytes, mode)))
+    }
+
+    fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        let p = self.path_of(path);
+        let result = match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("delete", &p, e)),
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, BackendError>> {
+        Box::pin(std::future::ready(self.list_sync(prefix)))
+    }
+
+    fn touch<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        let p = self.path_of(path);
+        let result = fs::File::options()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        let result = match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("touch", &p, e)),
+        };
+        Box::pin(std::future::ready(result))
+    }
+}

@@ -1,0 +1,137 @@
+//! Opening a result store from a URL (`WEIR_RESULTS`).
+//!
+//! | URL | store |
+//! |---|---|
+//! | `/path`, `./path`, `file:///path` | a folder: local disk, or an NFS / JuiceFS mount |
+//! | `s3://bucket/prefix?endpoint=http://host:port&region=us-east-1` | S3 or an S3-compatible server (path-style); credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` |
+//! | `memory://` | in this process only (tests) |
+//! | `gcs://bucket/prefix` | Google Cloud Storage (cargo feature `gcs`) |
+//! | `azblob://container/prefix?endpoint=…` | Azure Blob Storage (cargo feature `azure`) |
+//!
+//! Any URL takes `?compression=zstd`. Remote stores get a local disk tier when
+//! [`OpenOptions::local_tier`] is set.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::folder::FolderBackend;
+use crate::object::ObjectBackend;
+use crate::store::{Compression, ResultStore, Store, StoreError};
+use crate::tier::Tiered;
+
+/// How to open a store, besides its URL.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// fsync folder writes before publishing them.
+    pub fsync: bool,
+    /// Compression when the URL does not say.
+    pub compression: Compression,
+    /// A local folder and size cap (bytes) in front of remote stores.
+    pub local_tier: Option<(PathBuf, u64)>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            fsync: true,
+            compression: Compression::None,
+            local_tier: None,
+        }
+    }
+}
+
+fn config(msg: impl Into<String>) -> StoreError {
+    StoreError::Config(msg.into())
+}
+
+/// Opens the store a URL names.
+pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn ResultStore>, StoreError> {
+    let location = location.trim();
+    if location.is_empty() {
+        return Err(config("empty result store location"));
+    }
+    let looks_like_path = !location.contains("://");
+    if looks_like_path {
+        return Ok(Arc::new(folder(PathBuf::from(location), opts, opts.compression)?));
+    }
+    let url = url::Url::parse(location).map_err(|e| config(format!("invalid result store URL '{location}': {e}")))?;
+    let query = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    let compression = match query("compression") {
+        Some(c) => Compression::parse(&c)?,
+        None => opts.compression,
+    };
+    let prefix = url.path().trim_matches('/').to_string();
+    let remote: Arc<dyn Backend> = match url.scheme() {
+        "file" => {
+            let path = url
+                .to_file_path()
+                .map_err(|_| config(format!("'{location}' is not a local file URL (use file:///absolute/path)")))?;
+            return Ok(Arc::new(folder(path, opts, compression)?));
+        }
+        "memory" => Arc::new(ObjectBackend::memory()?),
+        "s3" => {
+            let bucket = url
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| config(format!("'{location}' names no bucket (s3://bucket/prefix)")))?;
+            let mut b = opendal::services::S3::default()
+                .bucket(bucket)
+                .root(&format!("/{prefix}"))
+                .region(&query("region").or_else(|| std::env::var("AWS_REGION").ok()).unwrap_or_else(|| "us-east-1".into()));
+            if let Some(endpoint) = query("endpoint").or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()) {
+                b = b.endpoint(&endpoint);
+            }
+            if let (Ok(id), Ok(secret)) = (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
+                b = b.access_key_id(&id).secret_access_key(&secret);
+            }
+            // Only what the URL and AWS_* say: no instance metadata probing on a laptop.
+            b = b.disable_ec2_metadata();
+            let op = opendal::Operator::new(b).map_err(|e| config(format!("cannot open '{location}': {e}")))?;
+            Arc::new(ObjectBackend::new(op, location.split('?').next().unwrap_or(location)))
+        }
+        #[cfg(feature = "gcs")]
+        "gcs" | "gs" => {
+            let bucket = url.host_str().ok_or_else(|| config(format!("'{location}' names no bucket")))?;
+            let b = opendal::services::Gcs::default().bucket(bucket).root(&format!("/{prefix}"));
+            let op = opendal::Operator::new(b).map_err(|e| config(format!("cannot open '{location}': {e}")))?;
+            Arc::new(ObjectBackend::new(op, location))
+        }
+        #[cfg(feature = "azure")]
+        "azblob" => {
+            let container = url.host_str().ok_or_else(|| config(format!("'{location}' names no container")))?;
+            let mut b = opendal::services::Azblob::default().container(container).root(&format!("/{prefix}"));
+            if let Some(endpoint) = query("endpoint") {
+                b = b.endpoint(&endpoint);
+            }
+            let op = opendal::Operator::new(b).map_err(|e| config(format!("cannot open '{location}': {e}")))?;
+            Arc::new(ObjectBackend::new(op, location))
+        }
+        other => {
+            return Err(config(format!(
+                "unsupported result store '{other}://' in '{location}' (supported: a path, file://, s3://, memory://{}{})",
+                if cfg!(feature = "gcs") { ", gcs://" } else { "" },
+                if cfg!(feature = "azure") { ", azblob://" } else { "" },
+            )));
+        }
+    };
+    let store: Arc<dyn ResultStore> = Arc::new(Store::new(remote).with_compression(compression));
+    Ok(match &opts.local_tier {
+        Some((dir, cap)) => {
+            let mut local = FolderBackend::open(dir)?;
+            if !opts.fsync {
+                local = local.without_fsync();
+            }
+            Arc::new(Tiered::new(local, store, *cap))
+        }
+        None => store,
+    })
+}
+
+fn folder(path: PathBuf, opts: &OpenOptions, compression: Compression) -> Result<Store, StoreError> {
+    let mut b = FolderBackend::open(path)?;
+    if !opts.fsync {
+        b = b.without_fsync();
+    }
+    Ok(Store::new(Arc::new(b)).with_compression(compression))
+}

@@ -1,0 +1,248 @@
+//! What every result store backend must do, as one suite run against each backend
+//! (folder, FUSE mount, memory, s3s-fs, moto), so no backend can quietly differ.
+
+use std::sync::Arc;
+
+use weir_cache::backend::WriteMode;
+use weir_cache::{
+    CacheKey, Compression, EntryMeta, GcOptions, KeyParts, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore, Store,
+};
+
+/// A distinct key per `n` (and per suite run, through `salt`).
+pub fn key(salt: &str, n: u64) -> CacheKey {
+    let inputs = [("n", *blake3::hash(&n.to_le_bytes()).as_bytes())];
+    KeyParts {
+        task_path: salt,
+        cache_version: "",
+        source_hash: None,
+        inputs: &inputs,
+        custom: None,
+    }
+    .key()
+}
+
+pub fn meta(k: &CacheKey) -> EntryMeta {
+    EntryMeta {
+        format: 1,
+        key: k.to_hex(),
+        task: "suite::task".into(),
+        flow: Some("suite".into()),
+        flow_run_id: None,
+        task_run_id: "r".into(),
+        serializer: "json".into(),
+        created_at: 1_000,
+        expires_at: None,
+        size: 0,
+        raw_size: 0,
+        compression: None,
+        blob: String::new(),
+        cache_version: String::new(),
+        source_hash: None,
+        inputs: vec![],
+    }
+}
+
+async fn hit_bytes(store: &dyn ResultStore, k: &CacheKey) -> Vec<u8> {
+    match store.get(k, 2_000).await.expect("get") {
+        Lookup::Hit { bytes, .. } => bytes,
+        other => panic!("expected a hit, got {other:?}"),
+    }
+}
+
+/// Put, get, first writer wins, replace.
+pub async fn round_trip(store: &Store) {
+    let k = key("round_trip", 1);
+    assert!(matches!(store.get(&k, 0).await.unwrap(), Lookup::Miss));
+    let (o, stored) = store.put(meta(&k), b"41".to_vec(), PutMode::IfAbsent).await.unwrap();
+    assert_eq!(o, PutOutcome::Published);
+    assert_eq!(stored.size, 2);
+    assert_eq!(stored.blob, blake3::hash(b"41").to_hex().to_string());
+    let (o, _) = store.put(meta(&k), b"42".to_vec(), PutMode::IfAbsent).await.unwrap();
+    assert_eq!(o, PutOutcome::AlreadyPresent, "a second writer does not replace the first");
+    assert_eq!(hit_bytes(store, &k).await, b"41");
+    store.put(meta(&k), b"43".to_vec(), PutMode::Replace).await.unwrap();
+    assert_eq!(hit_bytes(store, &k).await, b"43");
+    assert_eq!(store.entry(&k).await.unwrap().unwrap().key, k.to_hex());
+}
+
+/// Damaged data is never returned; a missing blob is a miss; a replace repairs.
+pub async fn damage(store: &Store) {
+    let b = store.backend().clone();
+    let k = key("damage", 1);
+    let (_, m) = store.put(meta(&k), b"hello".to_vec(), PutMode::IfAbsent).await.unwrap();
+    let blob = store.blob_path(&m.blob);
+
+    b.write(&blob, b"hellO".to_vec(), WriteMode::Overwrite).await.unwrap();
+    assert!(matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }), "checksum mismatch");
+
+    b.write(&blob, b"hel".to_vec(), WriteMode::Overwrite).await.unwrap();
+    assert!(matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }), "truncated blob");
+
+    b.delete(&blob).await.unwrap();
+    assert!(matches!(store.get(&k, 0).await.unwrap(), Lookup::Miss), "manifest without data");
+
+    store.put(meta(&k), b"hello".to_vec(), PutMode::Replace).await.unwrap();
+    assert_eq!(hit_bytes(store, &k).await, b"hello");
+
+    b.write(&store.manifest_path(&k), b"{ not json".to_vec(), WriteMode::Overwrite)
+        .await
+        .unwrap();
+    assert!(matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }), "garbage manifest");
+}
+
+/// Expiry is decided by the caller's clock.
+pub async fn expiry(store: &Store) {
+    let k = key("expiry", 1);
+    let mut m = meta(&k);
+    m.expires_at = Some(100);
+    store.put(m, b"1".to_vec(), PutMode::IfAbsent).await.unwrap();
+    assert!(matches!(store.get(&k, 99).await.unwrap(), Lookup::Hit { .. }));
+    assert!(matches!(store.get(&k, 100).await.unwrap(), Lookup::Expired { .. }));
+}
+
+/// Identical results are stored once.
+pub async fn dedup(store: &Store) {
+    let (a, b) = (key("dedup", 1), key("dedup", 2));
+    let (_, ma) = store.put(meta(&a), b"same".to_vec(), PutMode::IfAbsent).await.unwrap();
+    let (_, mb) = store.put(meta(&b), b"same".to_vec(), PutMode::IfAbsent).await.unwrap();
+    assert_eq!(ma.blob, mb.blob);
+    let blobs = store.backend().list("v1/blobs/").await.unwrap();
+    assert_eq!(blobs.iter().filter(|o| o.path.ends_with(&ma.blob)).count(), 1);
+}
+
+/// zstd shrinks compressible results and reads back exactly.
+pub async fn compression(store: &Store) {
+    let zstore = store.clone().with_compression(Compression::Zstd);
+    let k = key("compression", 1);
+    let data = "weir ".repeat(10_000).into_bytes();
+    let (_, m) = zstore.put(meta(&k), data.clone(), PutMode::IfAbsent).await.unwrap();
+    assert_eq!(m.compression.as_deref(), Some("zstd"));
+    assert!(m.size < data.len() as u64 / 10, "{} bytes stored for {}", m.size, data.len());
+    assert_eq!(m.raw_size, data.len() as u64);
+    // Any store reads it, compressed or not.
+    assert_eq!(hit_bytes(store, &k).await, data);
+}
+
+/// ls, rm, stats, gc.
+pub async fn maintenance(store: &Store) {
+    // Real time: gc compares it with the files' modification times.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+        + 1_000_000;
+    let old = key("maintenance", 1);
+    let expired = key("maintenance", 2);
+    let live = key("maintenance", 3);
+    let mut m = meta(&old);
+    m.created_at = now - 8 * 86_400_000_000;
+    store.put(m, b"old".to_vec(), PutMode::IfAbsent).await.unwrap();
+    let mut m = meta(&expired);
+    m.created_at = now - 1_000;
+    m.expires_at = Some(now - 1);
+    store.put(m, b"expired".to_vec(), PutMode::IfAbsent).await.unwrap();
+    let mut m = meta(&live);
+    m.created_at = now - 1_000;
+    store.put(m, b"live".to_vec(), PutMode::IfAbsent).await.unwrap();
+    let gone = key("maintenance", 4);
+    store.put(meta(&gone), b"gone".to_vec(), PutMode::IfAbsent).await.unwrap();
+    assert!(store.remove(&gone).await.unwrap());
+    assert!(!store.remove(&gone).await.unwrap());
+
+    let mine = |es: Vec<EntryMeta>| -> Vec<String> {
+        let ours = [old.to_hex(), expired.to_hex(), live.to_hex(), gone.to_hex()];
+        es.into_iter().map(|e| e.key).filter(|k| ours.contains(k)).collect()
+    };
+    assert_eq!(mine(store.entries().await.unwrap()).len(), 3);
+
+    let opts = GcOptions {
+        older_than_micros: Some(7 * 86_400_000_000),
+        max_size: None,
+        dry_run: true,
+        grace_micros: 0,
+    };
+    let dry = store.gc(opts.clone(), now).await.unwrap();
+    assert!(dry.entries_removed >= 2);
+    assert_eq!(mine(store.entries().await.unwrap()).len(), 3, "a dry run removes nothing");
+
+    store.gc(GcOptions { dry_run: false, ..opts }, now).await.unwrap();
+    assert_eq!(mine(store.entries().await.unwrap()), vec![live.to_hex()]);
+    assert_eq!(hit_bytes(store, &live).await, b"live");
+    let blobs: Vec<String> = store.backend().list("v1/blobs/").await.unwrap().into_iter().map(|o| o.path).collect();
+    for gone_blob in [b"old".as_slice(), b"expired", b"gone"] {
+        let h = blake3::hash(gone_blob).to_hex().to_string();
+        assert!(!blobs.iter().any(|p| p.ends_with(&h)), "unreferenced blob {h} was collected");
+    }
+    let stats = store.stats(now).await.unwrap();
+    assert!(stats.entries >= 1 && stats.bytes >= 4);
+}
+
+/// Leases: exclusive, released, taken over once expired.
+pub async fn leases(store: &Store) {
+    let k = key("leases", 1);
+    let a = match store.try_lease(&k, "a", 1_000, 0).await.unwrap() {
+        LeaseOutcome::Acquired(l) => l,
+        other => panic!("expected the lease, got {other:?}"),
+    };
+    match store.try_lease(&k, "b", 1_000, 10).await.unwrap() {
+        LeaseOutcome::Held(rec) => assert_eq!(rec.holder, "a"),
+        other => panic!("a live lease is exclusive, got {other:?}"),
+    }
+    store.renew(&a, 1_000, 900).await.unwrap();
+    assert!(matches!(store.try_lease(&k, "b", 1_000, 1_500).await.unwrap(), LeaseOutcome::Held(_)), "renewed");
+    // Expired: the next asker takes over.
+    let b = match store.try_lease(&k, "b", 1_000, 5_000).await.unwrap() {
+        LeaseOutcome::Acquired(l) => l,
+        other => panic!("an expired lease is taken over, got {other:?}"),
+    };
+    assert!(matches!(store.try_lease(&k, "c", 1_000, 5_001).await.unwrap(), LeaseOutcome::Held(r) if r.holder == "b"));
+    store.release(&b).await.unwrap();
+    assert!(matches!(store.try_lease(&k, "c", 1_000, 5_002).await.unwrap(), LeaseOutcome::Acquired(_)), "released");
+}
+
+/// Concurrent create-if-absent: exactly one winner. Only for backends whose conditional
+/// writes are atomic (not s3s-fs).
+pub async fn races(store: Arc<Store>) {
+    let k = key("races", 1);
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            store.put(meta(&k), format!("writer-{i}").into_bytes(), PutMode::IfAbsent).await.unwrap().0
+        }));
+    }
+    let mut winners = 0;
+    for h in handles {
+        if h.await.unwrap() == PutOutcome::Published {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1, "exactly one concurrent writer publishes");
+
+    let lk = key("races", 2);
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            matches!(store.try_lease(&lk, &format!("h{i}"), 60_000_000, 0).await.unwrap(), LeaseOutcome::Acquired(_))
+        }));
+    }
+    let mut holders = 0;
+    for h in handles {
+        if h.await.unwrap() {
+            holders += 1;
+        }
+    }
+    assert_eq!(holders, 1, "exactly one concurrent asker gets the lease");
+}
+
+/// Everything but races.
+pub async fn all(store: &Store) {
+    round_trip(store).await;
+    damage(store).await;
+    expiry(store).await;
+    dedup(store).await;
+    compression(store).await;
+    maintenance(store).await;
+    leases(store).await;
+}

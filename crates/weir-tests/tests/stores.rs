@@ -1,0 +1,140 @@
+//! The store behaviour suite against every backend: a folder, a FUSE mount (bindfs, a
+//! stand-in for JuiceFS), memory, s3s-fs and moto.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use weir_cache::folder::FolderBackend;
+use weir_cache::object::ObjectBackend;
+use weir_cache::{OpenOptions, Store};
+use weir_tests::s3::{S3sServer, moto_endpoint, set_credentials};
+use weir_tests::store_suite;
+
+fn folder_store(dir: &Path) -> Store {
+    Store::new(Arc::new(FolderBackend::open(dir).unwrap().without_fsync()))
+}
+
+/// Opens a store through its URL, as users do, and unwraps the `Store` behind it.
+fn url_store(url: &str) -> Store {
+    let backend = match weir_cache::open(url, &OpenOptions::default()) {
+        Ok(_) => (),
+        Err(e) => panic!("cannot open {url}: {e}"),
+    };
+    let _ = backend;
+    // The suite needs raw backend access to damage files, so build the same Store by hand.
+    let parsed = url::Url::parse(url).unwrap();
+    let q = |n: &str| parsed.query_pairs().find(|(k, _)| k == n).map(|(_, v)| v.into_owned());
+    let mut b = opendal::services::S3::default()
+        .bucket(parsed.host_str().unwrap())
+        .root(parsed.path())
+        .region("us-east-1")
+        .access_key_id(weir_tests::s3::ACCESS_KEY)
+        .secret_access_key(weir_tests::s3::SECRET_KEY);
+    if let Some(e) = q("endpoint") {
+        b = b.endpoint(&e);
+    }
+    Store::new(Arc::new(ObjectBackend::new(opendal::Operator::new(b).unwrap(), url)))
+}
+
+#[tokio::test]
+async fn folder_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    store_suite::all(&folder_store(dir.path())).await;
+    store_suite::races(Arc::new(folder_store(dir.path()))).await;
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "no temp files left behind");
+}
+
+#[tokio::test]
+async fn memory_backend() {
+    let store = Store::new(Arc::new(ObjectBackend::memory().unwrap()));
+    store_suite::all(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3s_fs_server() {
+    set_credentials();
+    let server = S3sServer::start(&["weir"]).unwrap();
+    store_suite::all(&url_store(&server.url("weir", "suite"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_with_wrong_credentials_is_a_clear_error() {
+    let server = S3sServer::start(&["weir"]).unwrap();
+    let parsed_endpoint = server.endpoint();
+    let b = opendal::services::S3::default()
+        .bucket("weir")
+        .root("/x")
+        .region("us-east-1")
+        .endpoint(&parsed_endpoint)
+        .access_key_id("nobody")
+        .secret_access_key("wrong-secret");
+    let store = Store::new(Arc::new(ObjectBackend::new(opendal::Operator::new(b).unwrap(), "s3://weir/x")));
+    let k = store_suite::key("creds", 1);
+    let err = weir_cache::ResultStore::get(&store, &k, 0).await.unwrap_err().to_string();
+    assert!(err.contains("s3://weir/x"), "the error names the store: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_server() {
+    let Some(endpoint) = moto_endpoint() else { return };
+    set_credentials();
+    // moto accepts any credentials and creates buckets on request.
+    let bucket = format!("weir-{}", std::process::id());
+    let created = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import urllib.request as u; u.urlopen(u.Request('{endpoint}/{bucket}', method='PUT')).read()"
+            ),
+        ])
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let url = format!("s3://{bucket}/suite?endpoint={endpoint}");
+    store_suite::all(&url_store(&url)).await;
+    store_suite::races(Arc::new(url_store(&url))).await;
+}
+
+/// A bindfs mount of a temp dir, unmounted when dropped.
+struct Fuse {
+    mount: tempfile::TempDir,
+    _src: tempfile::TempDir,
+}
+
+impl Fuse {
+    fn mount() -> Option<Fuse> {
+        let have = Command::new("bindfs").arg("--version").output().is_ok();
+        if !have {
+            assert!(
+                std::env::var("WEIR_TEST_REQUIRE_FUSE").as_deref() != Ok("1"),
+                "WEIR_TEST_REQUIRE_FUSE=1 but bindfs is not installed"
+            );
+            eprintln!("skipping: bindfs is not installed (scripts/test.sh installs it)");
+            return None;
+        }
+        let src = tempfile::tempdir().unwrap();
+        let mount = tempfile::tempdir().unwrap();
+        let ok = Command::new("bindfs").arg(src.path()).arg(mount.path()).status().unwrap();
+        assert!(ok.success(), "bindfs failed");
+        Some(Fuse { mount, _src: src })
+    }
+}
+
+impl Drop for Fuse {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3").arg("-u").arg(self.mount.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn fuse_mounted_folder() {
+    let Some(fuse) = Fuse::mount() else { return };
+    let is_fuse = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(&*fuse.mount.path().to_string_lossy()) && l.contains("fuse"));
+    assert!(is_fuse, "the folder is really a FUSE mount");
+    store_suite::all(&folder_store(fuse.mount.path())).await;
+    store_suite::races(Arc::new(folder_store(fuse.mount.path()))).await;
+}
