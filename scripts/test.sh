@@ -1,8 +1,35 @@
 #!/usr/bin/env bash
 # Runs every test weir has, on a fresh machine: the README's test command.
-# Everything the tests need (today: nothing beyond cargo) is set up here.
+#
+# What the tests need beyond cargo, installed and started here (loopback only):
+# - bindfs + fuse3 (Debian): a FUSE mount standing in for JuiceFS in the folder-backend suite;
+# - moto[server] (PyPI): an S3 server whose conditional writes are atomic, for the
+#   concurrency and lease tests (s3s-fs, which runs inside the tests, is not atomic there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+need_root() { [ "$(id -u)" = 0 ] || { echo "scripts/test.sh: installing $1 needs root (or install it yourself)" >&2; exit 1; }; }
+
+if ! command -v bindfs >/dev/null || ! command -v fusermount3 >/dev/null; then
+    need_root "bindfs and fuse3"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 bindfs >/dev/null
+fi
+if ! command -v moto_server >/dev/null; then
+    python3 -m pip install -q 'moto[server]' 2>&1 | grep -v "Running pip as the 'root' user" || true
+fi
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+moto_log=$(mktemp)
+moto_server -H 127.0.0.1 -p "$port" >"$moto_log" 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null || true; rm -f "$moto_log"' EXIT
+for _ in $(seq 100); do
+    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null && break
+    sleep 0.1
+done
+export WEIR_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port" WEIR_TEST_REQUIRE_MOTO=1
+[ -e /dev/fuse ] && export WEIR_TEST_REQUIRE_FUSE=1
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -59,7 +59,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>>;
 
     /// Writes a whole file atomically: a reader never sees part of it.
-    fn write<'a>(&'a self, path: &'a str, bytes: Vec<u8>, mode: WriteMode) -> BoxFuture<'a, Result<Written, BackendError>>;
+    fn write<'a>(
+        &'a self,
+        path: &'a str,
+        bytes: Vec<u8>,
+        mode: WriteMode,
+    ) -> BoxFuture<'a, Result<Written, BackendError>>;
 
     /// Deletes a file; deleting a missing file is not an error.
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;

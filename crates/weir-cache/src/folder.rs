@@ -145,7 +145,12 @@ impl Backend for FolderBackend {
         Box::pin(std::future::ready(result))
     }
 
-    fn write<'a>(&'a self, path: &'a str, bytes: Vec<u8>, mode: WriteMode) -> BoxFuture<'a, Result<Written, BackendError>> {
+    fn write<'a>(
+        &'a self,
+        path: &'a str,
+        bytes: Vec<u8>,
+        mode: WriteMode,
+    ) -> BoxFuture<'a, Result<Written, BackendError>> {
         Box::pin(std::future::ready(self.write_sync(path, &bytes, mode)))
     }
 

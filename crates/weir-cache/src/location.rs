@@ -64,9 +64,11 @@ pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn ResultStore>, 
     let prefix = url.path().trim_matches('/').to_string();
     let remote: Arc<dyn Backend> = match url.scheme() {
         "file" => {
-            let path = url
-                .to_file_path()
-                .map_err(|_| config(format!("'{location}' is not a local file URL (use file:///absolute/path)")))?;
+            let path = url.to_file_path().map_err(|_| {
+                config(format!(
+                    "'{location}' is not a local file URL (use file:///absolute/path)"
+                ))
+            })?;
             return Ok(Arc::new(folder(path, opts, compression)?));
         }
         "memory" => Arc::new(ObjectBackend::memory()?),
@@ -78,11 +80,18 @@ pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn ResultStore>, 
             let mut b = opendal::services::S3::default()
                 .bucket(bucket)
                 .root(&format!("/{prefix}"))
-                .region(&query("region").or_else(|| std::env::var("AWS_REGION").ok()).unwrap_or_else(|| "us-east-1".into()));
+                .region(
+                    &query("region")
+                        .or_else(|| std::env::var("AWS_REGION").ok())
+                        .unwrap_or_else(|| "us-east-1".into()),
+                );
             if let Some(endpoint) = query("endpoint").or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()) {
                 b = b.endpoint(&endpoint);
             }
-            if let (Ok(id), Ok(secret)) = (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
+            if let (Ok(id), Ok(secret)) = (
+                std::env::var("AWS_ACCESS_KEY_ID"),
+                std::env::var("AWS_SECRET_ACCESS_KEY"),
+            ) {
                 b = b.access_key_id(&id).secret_access_key(&secret);
             }
             // Only what the URL and AWS_* say: no instance metadata probing on a laptop.
@@ -92,15 +101,23 @@ pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn ResultStore>, 
         }
         #[cfg(feature = "gcs")]
         "gcs" | "gs" => {
-            let bucket = url.host_str().ok_or_else(|| config(format!("'{location}' names no bucket")))?;
-            let b = opendal::services::Gcs::default().bucket(bucket).root(&format!("/{prefix}"));
+            let bucket = url
+                .host_str()
+                .ok_or_else(|| config(format!("'{location}' names no bucket")))?;
+            let b = opendal::services::Gcs::default()
+                .bucket(bucket)
+                .root(&format!("/{prefix}"));
             let op = opendal::Operator::new(b).map_err(|e| config(format!("cannot open '{location}': {e}")))?;
             Arc::new(ObjectBackend::new(op, location))
         }
         #[cfg(feature = "azure")]
         "azblob" => {
-            let container = url.host_str().ok_or_else(|| config(format!("'{location}' names no container")))?;
-            let mut b = opendal::services::Azblob::default().container(container).root(&format!("/{prefix}"));
+            let container = url
+                .host_str()
+                .ok_or_else(|| config(format!("'{location}' names no container")))?;
+            let mut b = opendal::services::Azblob::default()
+                .container(container)
+                .root(&format!("/{prefix}"));
             if let Some(endpoint) = query("endpoint") {
                 b = b.endpoint(&endpoint);
             }

@@ -67,7 +67,12 @@ impl Backend for ObjectBackend {
         })
     }
 
-    fn write<'a>(&'a self, path: &'a str, bytes: Vec<u8>, mode: WriteMode) -> BoxFuture<'a, Result<Written, BackendError>> {
+    fn write<'a>(
+        &'a self,
+        path: &'a str,
+        bytes: Vec<u8>,
+        mode: WriteMode,
+    ) -> BoxFuture<'a, Result<Written, BackendError>> {
         Box::pin(async move {
             let result = match mode {
                 WriteMode::IfAbsent if self.atomic_if_absent => {

@@ -188,7 +188,12 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
     fn get<'a>(&'a self, key: &'a CacheKey, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>>;
     /// Stores `bytes` (the serialized result) under `meta.key`; returns the manifest as
     /// stored (with `blob`, `size`, `compression` filled in).
-    fn put(&self, meta: EntryMeta, bytes: Vec<u8>, mode: PutMode) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>>;
+    fn put(
+        &self,
+        meta: EntryMeta,
+        bytes: Vec<u8>,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>>;
     /// The manifest of a key, expired or not.
     fn entry<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<Option<EntryMeta>, StoreError>>;
     /// Every readable manifest.
@@ -200,7 +205,13 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
     /// Counts entries and bytes.
     fn stats(&self, now: i64) -> BoxFuture<'_, Result<StoreStats, StoreError>>;
     /// Asks for the right to compute `key` for `ttl_micros`.
-    fn try_lease<'a>(&'a self, key: &'a CacheKey, holder: &'a str, ttl_micros: i64, now: i64) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>>;
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        holder: &'a str,
+        ttl_micros: i64,
+        now: i64,
+    ) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>>;
     /// Extends a held lease.
     fn renew<'a>(&'a self, lease: &'a Lease, ttl_micros: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Gives a lease up.
@@ -258,10 +269,9 @@ impl Store {
         let Some(raw) = self.backend.read(path).await? else {
             return Ok(None);
         };
-        Ok(Some(
-            serde_json::from_slice::<EntryMeta>(&raw)
-                .map_err(|e| format!("manifest {path} in {} is unreadable: {e}", self.backend.location())),
-        ))
+        Ok(Some(serde_json::from_slice::<EntryMeta>(&raw).map_err(|e| {
+            format!("manifest {path} in {} is unreadable: {e}", self.backend.location())
+        })))
     }
 
     async fn get_impl(&self, key: &CacheKey, now: i64) -> Result<Lookup, StoreError> {
@@ -313,7 +323,12 @@ impl Store {
         Ok(Lookup::Hit { meta, bytes })
     }
 
-    async fn put_impl(&self, mut meta: EntryMeta, bytes: Vec<u8>, mode: PutMode) -> Result<(PutOutcome, EntryMeta), StoreError> {
+    async fn put_impl(
+        &self,
+        mut meta: EntryMeta,
+        bytes: Vec<u8>,
+        mode: PutMode,
+    ) -> Result<(PutOutcome, EntryMeta), StoreError> {
         meta.format = MANIFEST_FORMAT;
         meta.raw_size = bytes.len() as u64;
         let compression = match meta.compression.as_deref() {
@@ -452,7 +467,10 @@ impl Store {
         let blobs = self.backend.list("v1/blobs/").await?;
         Ok(StoreStats {
             entries: entries.len(),
-            expired: entries.iter().filter(|m| m.expires_at.is_some_and(|e| e <= now)).count(),
+            expired: entries
+                .iter()
+                .filter(|m| m.expires_at.is_some_and(|e| e <= now))
+                .count(),
             blobs: blobs.len(),
             bytes: blobs.iter().map(|b| b.size).sum(),
         })
@@ -476,7 +494,13 @@ impl Store {
         Ok(Some((gen_, rec)))
     }
 
-    async fn try_lease_impl(&self, key: &CacheKey, holder: &str, ttl: i64, now: i64) -> Result<LeaseOutcome, StoreError> {
+    async fn try_lease_impl(
+        &self,
+        key: &CacheKey,
+        holder: &str,
+        ttl: i64,
+        now: i64,
+    ) -> Result<LeaseOutcome, StoreError> {
         // Generations make take-over safe with nothing but create-if-absent: whoever
         // creates generation n+1 of an expired lease n owns it, and only one can.
         let next = match self.current_lease(key).await? {
@@ -493,10 +517,17 @@ impl Store {
             expires_at: now + ttl,
         };
         let path = format!("{}{next:020}", lease_dir(key));
-        match self.backend.write(&path, serde_json::to_vec(&rec)?, WriteMode::IfAbsent).await? {
+        match self
+            .backend
+            .write(&path, serde_json::to_vec(&rec)?, WriteMode::IfAbsent)
+            .await?
+        {
             Written::Created => {
                 if next > 1 {
-                    let _ = self.backend.delete(&format!("{}{:020}", lease_dir(key), next - 1)).await;
+                    let _ = self
+                        .backend
+                        .delete(&format!("{}{:020}", lease_dir(key), next - 1))
+                        .await;
                 }
                 Ok(LeaseOutcome::Acquired(Lease {
                     key: *key,
@@ -529,7 +560,12 @@ impl ResultStore for Store {
         Box::pin(self.get_impl(key, now))
     }
 
-    fn put(&self, meta: EntryMeta, bytes: Vec<u8>, mode: PutMode) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
+    fn put(
+        &self,
+        meta: EntryMeta,
+        bytes: Vec<u8>,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
         Box::pin(self.put_impl(meta, bytes, mode))
     }
 
@@ -563,7 +599,13 @@ impl ResultStore for Store {
         Box::pin(self.stats_impl(now))
     }
 
-    fn try_lease<'a>(&'a self, key: &'a CacheKey, holder: &'a str, ttl: i64, now: i64) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>> {
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        holder: &'a str,
+        ttl: i64,
+        now: i64,
+    ) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>> {
         Box::pin(self.try_lease_impl(key, holder, ttl, now))
     }
 
@@ -574,7 +616,9 @@ impl ResultStore for Store {
                 expires_at: now + ttl,
             };
             let path = format!("{}{:020}", lease_dir(&lease.key), lease.generation);
-            self.backend.write(&path, serde_json::to_vec(&rec)?, WriteMode::Overwrite).await?;
+            self.backend
+                .write(&path, serde_json::to_vec(&rec)?, WriteMode::Overwrite)
+                .await?;
             Ok(())
         })
     }

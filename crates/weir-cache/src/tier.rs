@@ -80,8 +80,12 @@ impl Tiered {
 
     /// Removes least recently used local entries until the tier is under 90 % of its cap.
     async fn evict(&self) {
-        let Ok(manifests) = self.local_folder.list("v1/manifests/").await else { return };
-        let Ok(blobs) = self.local_folder.list("v1/blobs/").await else { return };
+        let Ok(manifests) = self.local_folder.list("v1/manifests/").await else {
+            return;
+        };
+        let Ok(blobs) = self.local_folder.list("v1/blobs/").await else {
+            return;
+        };
         let mut total: u64 = blobs.iter().map(|b| b.size).sum();
         let target = self.cap / 10 * 9;
         let mut by_age = manifests;
@@ -90,7 +94,9 @@ impl Tiered {
             if total <= target {
                 break;
             }
-            let Ok(Some(raw)) = self.local_folder.read(&m.path).await else { continue };
+            let Ok(Some(raw)) = self.local_folder.read(&m.path).await else {
+                continue;
+            };
             let Ok(meta) = serde_json::from_slice::<EntryMeta>(&raw) else {
                 let _ = self.local_folder.delete(&m.path).await;
                 continue;
@@ -108,7 +114,11 @@ impl Tiered {
 
 impl ResultStore for Tiered {
     fn location(&self) -> String {
-        format!("{} (local tier {})", self.remote.location(), self.local_folder.location())
+        format!(
+            "{} (local tier {})",
+            self.remote.location(),
+            self.local_folder.location()
+        )
     }
 
     fn get<'a>(&'a self, key: &'a CacheKey, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>> {
@@ -132,7 +142,12 @@ impl ResultStore for Tiered {
         })
     }
 
-    fn put(&self, meta: EntryMeta, bytes: Vec<u8>, mode: PutMode) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
+    fn put(
+        &self,
+        meta: EntryMeta,
+        bytes: Vec<u8>,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
         Box::pin(async move {
             let local_copy = bytes.clone();
             let (outcome, stored) = self.remote.put(meta, bytes, mode).await?;
@@ -169,7 +184,13 @@ impl ResultStore for Tiered {
         self.remote.stats(now)
     }
 
-    fn try_lease<'a>(&'a self, key: &'a CacheKey, holder: &'a str, ttl: i64, now: i64) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>> {
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        holder: &'a str,
+        ttl: i64,
+        now: i64,
+    ) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>> {
         self.remote.try_lease(key, holder, ttl, now)
     }
 

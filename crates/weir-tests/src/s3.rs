@@ -39,7 +39,11 @@ impl S3sServer {
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let fs_root = root.clone();
         let thread = std::thread::spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = addr_tx.send(Err(anyhow::anyhow!("runtime: {e}")));

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use weir_cache::backend::WriteMode;
 use weir_cache::{
-    CacheKey, Compression, EntryMeta, GcOptions, KeyParts, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore, Store,
+    CacheKey, Compression, EntryMeta, GcOptions, KeyParts, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore,
+    Store,
 };
 
 /// A distinct key per `n` (and per suite run, through `salt`).
@@ -58,7 +59,11 @@ pub async fn round_trip(store: &Store) {
     assert_eq!(stored.size, 2);
     assert_eq!(stored.blob, blake3::hash(b"41").to_hex().to_string());
     let (o, _) = store.put(meta(&k), b"42".to_vec(), PutMode::IfAbsent).await.unwrap();
-    assert_eq!(o, PutOutcome::AlreadyPresent, "a second writer does not replace the first");
+    assert_eq!(
+        o,
+        PutOutcome::AlreadyPresent,
+        "a second writer does not replace the first"
+    );
     assert_eq!(hit_bytes(store, &k).await, b"41");
     store.put(meta(&k), b"43".to_vec(), PutMode::Replace).await.unwrap();
     assert_eq!(hit_bytes(store, &k).await, b"43");
@@ -73,13 +78,22 @@ pub async fn damage(store: &Store) {
     let blob = store.blob_path(&m.blob);
 
     b.write(&blob, b"hellO".to_vec(), WriteMode::Overwrite).await.unwrap();
-    assert!(matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }), "checksum mismatch");
+    assert!(
+        matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }),
+        "checksum mismatch"
+    );
 
     b.write(&blob, b"hel".to_vec(), WriteMode::Overwrite).await.unwrap();
-    assert!(matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }), "truncated blob");
+    assert!(
+        matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }),
+        "truncated blob"
+    );
 
     b.delete(&blob).await.unwrap();
-    assert!(matches!(store.get(&k, 0).await.unwrap(), Lookup::Miss), "manifest without data");
+    assert!(
+        matches!(store.get(&k, 0).await.unwrap(), Lookup::Miss),
+        "manifest without data"
+    );
 
     store.put(meta(&k), b"hello".to_vec(), PutMode::Replace).await.unwrap();
     assert_eq!(hit_bytes(store, &k).await, b"hello");
@@ -87,7 +101,10 @@ pub async fn damage(store: &Store) {
     b.write(&store.manifest_path(&k), b"{ not json".to_vec(), WriteMode::Overwrite)
         .await
         .unwrap();
-    assert!(matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }), "garbage manifest");
+    assert!(
+        matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }),
+        "garbage manifest"
+    );
 }
 
 /// Expiry is decided by the caller's clock.
@@ -117,7 +134,12 @@ pub async fn compression(store: &Store) {
     let data = "weir ".repeat(10_000).into_bytes();
     let (_, m) = zstore.put(meta(&k), data.clone(), PutMode::IfAbsent).await.unwrap();
     assert_eq!(m.compression.as_deref(), Some("zstd"));
-    assert!(m.size < data.len() as u64 / 10, "{} bytes stored for {}", m.size, data.len());
+    assert!(
+        m.size < data.len() as u64 / 10,
+        "{} bytes stored for {}",
+        m.size,
+        data.len()
+    );
     assert_eq!(m.raw_size, data.len() as u64);
     // Any store reads it, compressed or not.
     assert_eq!(hit_bytes(store, &k).await, data);
@@ -145,7 +167,10 @@ pub async fn maintenance(store: &Store) {
     m.created_at = now - 1_000;
     store.put(m, b"live".to_vec(), PutMode::IfAbsent).await.unwrap();
     let gone = key("maintenance", 4);
-    store.put(meta(&gone), b"gone".to_vec(), PutMode::IfAbsent).await.unwrap();
+    store
+        .put(meta(&gone), b"gone".to_vec(), PutMode::IfAbsent)
+        .await
+        .unwrap();
     assert!(store.remove(&gone).await.unwrap());
     assert!(!store.remove(&gone).await.unwrap());
 
@@ -163,15 +188,29 @@ pub async fn maintenance(store: &Store) {
     };
     let dry = store.gc(opts.clone(), now).await.unwrap();
     assert!(dry.entries_removed >= 2);
-    assert_eq!(mine(store.entries().await.unwrap()).len(), 3, "a dry run removes nothing");
+    assert_eq!(
+        mine(store.entries().await.unwrap()).len(),
+        3,
+        "a dry run removes nothing"
+    );
 
     store.gc(GcOptions { dry_run: false, ..opts }, now).await.unwrap();
     assert_eq!(mine(store.entries().await.unwrap()), vec![live.to_hex()]);
     assert_eq!(hit_bytes(store, &live).await, b"live");
-    let blobs: Vec<String> = store.backend().list("v1/blobs/").await.unwrap().into_iter().map(|o| o.path).collect();
+    let blobs: Vec<String> = store
+        .backend()
+        .list("v1/blobs/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
     for gone_blob in [b"old".as_slice(), b"expired", b"gone"] {
         let h = blake3::hash(gone_blob).to_hex().to_string();
-        assert!(!blobs.iter().any(|p| p.ends_with(&h)), "unreferenced blob {h} was collected");
+        assert!(
+            !blobs.iter().any(|p| p.ends_with(&h)),
+            "unreferenced blob {h} was collected"
+        );
     }
     let stats = store.stats(now).await.unwrap();
     assert!(stats.entries >= 1 && stats.bytes >= 4);
@@ -189,7 +228,13 @@ pub async fn leases(store: &Store) {
         other => panic!("a live lease is exclusive, got {other:?}"),
     }
     store.renew(&a, 1_000, 900).await.unwrap();
-    assert!(matches!(store.try_lease(&k, "b", 1_000, 1_500).await.unwrap(), LeaseOutcome::Held(_)), "renewed");
+    assert!(
+        matches!(
+            store.try_lease(&k, "b", 1_000, 1_500).await.unwrap(),
+            LeaseOutcome::Held(_)
+        ),
+        "renewed"
+    );
     // Expired: the next asker takes over.
     let b = match store.try_lease(&k, "b", 1_000, 5_000).await.unwrap() {
         LeaseOutcome::Acquired(l) => l,
@@ -197,7 +242,13 @@ pub async fn leases(store: &Store) {
     };
     assert!(matches!(store.try_lease(&k, "c", 1_000, 5_001).await.unwrap(), LeaseOutcome::Held(r) if r.holder == "b"));
     store.release(&b).await.unwrap();
-    assert!(matches!(store.try_lease(&k, "c", 1_000, 5_002).await.unwrap(), LeaseOutcome::Acquired(_)), "released");
+    assert!(
+        matches!(
+            store.try_lease(&k, "c", 1_000, 5_002).await.unwrap(),
+            LeaseOutcome::Acquired(_)
+        ),
+        "released"
+    );
 }
 
 /// Concurrent create-if-absent: exactly one winner. Only for backends whose conditional
@@ -208,7 +259,11 @@ pub async fn races(store: Arc<Store>) {
     for i in 0..16 {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
-            store.put(meta(&k), format!("writer-{i}").into_bytes(), PutMode::IfAbsent).await.unwrap().0
+            store
+                .put(meta(&k), format!("writer-{i}").into_bytes(), PutMode::IfAbsent)
+                .await
+                .unwrap()
+                .0
         }));
     }
     let mut winners = 0;
@@ -224,7 +279,10 @@ pub async fn races(store: Arc<Store>) {
     for i in 0..16 {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
-            matches!(store.try_lease(&lk, &format!("h{i}"), 60_000_000, 0).await.unwrap(), LeaseOutcome::Acquired(_))
+            matches!(
+                store.try_lease(&lk, &format!("h{i}"), 60_000_000, 0).await.unwrap(),
+                LeaseOutcome::Acquired(_)
+            )
         }));
     }
     let mut holders = 0;

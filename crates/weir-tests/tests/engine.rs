@@ -523,7 +523,11 @@ async fn corrupted_truncated_or_mistyped_entries_are_recomputed() {
 
     // A well-formed entry holding another type (the task's return type changed).
     store
-        .put(meta.clone(), br#""not a number""#.to_vec(), weir_cache::PutMode::Replace)
+        .put(
+            meta.clone(),
+            br#""not a number""#.to_vec(),
+            weir_cache::PutMode::Replace,
+        )
         .await
         .unwrap();
     let (r, report) = double_flow(x).with_report().await;
@@ -750,7 +754,10 @@ async fn concurrent_writers_of_one_key_all_return_one_result() {
     assert_eq!(out, vec![x * 10; 16]);
     let store = store();
     let key = key_of(shared(x));
-    assert!(matches!(store.get(&key, 0).await.unwrap(), weir_cache::Lookup::Hit { .. }));
+    assert!(matches!(
+        store.get(&key, 0).await.unwrap(),
+        weir_cache::Lookup::Hit { .. }
+    ));
     // (That no temp files are left behind is checked in weir-cache, where no other test
     // shares the folder.)
 }

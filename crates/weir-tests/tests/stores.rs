@@ -17,12 +17,11 @@ fn folder_store(dir: &Path) -> Store {
 
 /// Opens a store through its URL, as users do, and unwraps the `Store` behind it.
 fn url_store(url: &str) -> Store {
-    let backend = match weir_cache::open(url, &OpenOptions::default()) {
-        Ok(_) => (),
-        Err(e) => panic!("cannot open {url}: {e}"),
-    };
-    let _ = backend;
-    // The suite needs raw backend access to damage files, so build the same Store by hand.
+    // The URL must open as users open it…
+    if let Err(e) = weir_cache::open(url, &OpenOptions::default()) {
+        panic!("cannot open {url}: {e}");
+    }
+    // …and the suite needs raw backend access to damage files, so it builds the same Store by hand.
     let parsed = url::Url::parse(url).unwrap();
     let q = |n: &str| parsed.query_pairs().find(|(k, _)| k == n).map(|(_, v)| v.into_owned());
     let mut b = opendal::services::S3::default()
@@ -42,7 +41,11 @@ async fn folder_backend() {
     let dir = tempfile::tempdir().unwrap();
     store_suite::all(&folder_store(dir.path())).await;
     store_suite::races(Arc::new(folder_store(dir.path()))).await;
-    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "no temp files left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0,
+        "no temp files left behind"
+    );
 }
 
 #[tokio::test]
@@ -69,9 +72,15 @@ async fn s3_with_wrong_credentials_is_a_clear_error() {
         .endpoint(&parsed_endpoint)
         .access_key_id("nobody")
         .secret_access_key("wrong-secret");
-    let store = Store::new(Arc::new(ObjectBackend::new(opendal::Operator::new(b).unwrap(), "s3://weir/x")));
+    let store = Store::new(Arc::new(ObjectBackend::new(
+        opendal::Operator::new(b).unwrap(),
+        "s3://weir/x",
+    )));
     let k = store_suite::key("creds", 1);
-    let err = weir_cache::ResultStore::get(&store, &k, 0).await.unwrap_err().to_string();
+    let err = weir_cache::ResultStore::get(&store, &k, 0)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("s3://weir/x"), "the error names the store: {err}");
 }
 
@@ -84,9 +93,7 @@ async fn moto_server() {
     let created = Command::new("python3")
         .args([
             "-c",
-            &format!(
-                "import urllib.request as u; u.urlopen(u.Request('{endpoint}/{bucket}', method='PUT')).read()"
-            ),
+            &format!("import urllib.request as u; u.urlopen(u.Request('{endpoint}/{bucket}', method='PUT')).read()"),
         ])
         .status()
         .unwrap();
@@ -115,7 +122,11 @@ impl Fuse {
         }
         let src = tempfile::tempdir().unwrap();
         let mount = tempfile::tempdir().unwrap();
-        let ok = Command::new("bindfs").arg(src.path()).arg(mount.path()).status().unwrap();
+        let ok = Command::new("bindfs")
+            .arg(src.path())
+            .arg(mount.path())
+            .status()
+            .unwrap();
         assert!(ok.success(), "bindfs failed");
         Some(Fuse { mount, _src: src })
     }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weir_cache::canonical::CanonicalError;
-use weir_cache::{CacheKey, EntryMeta, Format, KeyParts, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore};
+use weir_cache::{
+    CacheKey, EntryMeta, Format, KeyParts, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore,
+};
 
 use crate::task::{CachePolicy, TaskSpec};
 
@@ -69,20 +71,27 @@ pub(crate) enum Found<T> {
     Compute(PutMode),
 }
 
-pub(crate) async fn lookup<T>(store: &Arc<dyn ResultStore>, key: &CacheKey, codec: &Codec<T>, spec: &TaskSpec) -> Found<T> {
+pub(crate) async fn lookup<T>(
+    store: &Arc<dyn ResultStore>,
+    key: &CacheKey,
+    codec: &Codec<T>,
+    spec: &TaskSpec,
+) -> Found<T> {
     match store.get(key, weir_types::time::now_micros()).await {
-        Ok(Lookup::Hit { meta, bytes }) => match Format::from_name(&meta.serializer).and_then(|f| (codec.decode)(&bytes, f)) {
-            Ok(v) => Found::Value(v),
-            Err(e) => {
-                tracing::warn!(
-                    target: "weir::cache",
-                    "cached result of {} (key {}) cannot be read as this task's output ({e}); recomputing",
-                    spec.name,
-                    meta.key.get(..16).unwrap_or(&meta.key)
-                );
-                Found::Compute(PutMode::Replace)
+        Ok(Lookup::Hit { meta, bytes }) => {
+            match Format::from_name(&meta.serializer).and_then(|f| (codec.decode)(&bytes, f)) {
+                Ok(v) => Found::Value(v),
+                Err(e) => {
+                    tracing::warn!(
+                        target: "weir::cache",
+                        "cached result of {} (key {}) cannot be read as this task's output ({e}); recomputing",
+                        spec.name,
+                        meta.key.get(..16).unwrap_or(&meta.key)
+                    );
+                    Found::Compute(PutMode::Replace)
+                }
             }
-        },
+        }
         Ok(Lookup::Miss) => Found::Compute(PutMode::IfAbsent),
         Ok(Lookup::Expired { .. }) => {
             tracing::debug!(target: "weir::cache", "cached result of {} expired; recomputing", spec.name);
@@ -155,7 +164,10 @@ pub(crate) async fn isolate<T>(
     let mut wait = Duration::from_millis(20);
     let mut announced = false;
     loop {
-        match store.try_lease(key, holder, ttl_us, weir_types::time::now_micros()).await {
+        match store
+            .try_lease(key, holder, ttl_us, weir_types::time::now_micros())
+            .await
+        {
             Ok(LeaseOutcome::Acquired(lease)) => {
                 // It may have been published between our lookup and the lease.
                 if let Found::Value(v) = lookup(store, key, codec, spec).await {
@@ -227,7 +239,9 @@ pub(crate) async fn publish<T>(
     match outcome {
         Ok(Ok((PutOutcome::Published, _))) => value,
         Ok(Ok((PutOutcome::AlreadyPresent, _))) => {
-            let Ok(parsed) = key.parse::<CacheKey>() else { return value };
+            let Ok(parsed) = key.parse::<CacheKey>() else {
+                return value;
+            };
             match store.get(&parsed, weir_types::time::now_micros()).await {
                 Ok(Lookup::Hit { meta, bytes }) => Format::from_name(&meta.serializer)
                     .and_then(|f| (codec.decode)(&bytes, f))

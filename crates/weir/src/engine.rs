@@ -58,7 +58,11 @@ pub(crate) fn get() -> &'static Engine {
         // without a database runs are not recorded. Both are reported once, plainly.
         let opts = OpenOptions {
             fsync: settings.fsync,
-            compression: if settings.compression { Compression::Zstd } else { Compression::None },
+            compression: if settings.compression {
+                Compression::Zstd
+            } else {
+                Compression::None
+            },
             local_tier: settings.local_cache.clone(),
         };
         let store: Option<Arc<dyn ResultStore>> = match weir_cache::open(&settings.results, &opts) {

@@ -506,7 +506,9 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 PutMode::Replace
             } else {
                 run.rec.cache_status = CacheStatus::Miss;
-                let found = SCOPE.scope(task_scope.clone(), cache::lookup(store, &key, codec, spec)).await;
+                let found = SCOPE
+                    .scope(task_scope.clone(), cache::lookup(store, &key, codec, spec))
+                    .await;
                 let found = match found {
                     Found::Compute(PutMode::IfAbsent) if spec.isolation => {
                         let holder = format!("{}:{} (task run {})", engine.hostname, engine.pid, run.rec.id);
@@ -526,7 +528,10 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                         run.rec.cache_status = CacheStatus::Hit;
                         run.set(State::Cached, None);
                         let short = run.rec.cache_key.as_deref().and_then(|k| k.get(..12)).unwrap_or("");
-                        in_scope(&task_scope, || tracing::info!(target: "weir::task", "Cached (cache hit, key {short})"));
+                        in_scope(
+                            &task_scope,
+                            || tracing::info!(target: "weir::task", "Cached (cache hit, key {short})"),
+                        );
                         return Ok(v);
                     }
                     Found::Compute(mode) => mode,
@@ -623,7 +628,6 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
     );
     Ok(value)
 }
-
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use anyhow::{Context, bail};
+use weir::prelude::*;
 
 #[weir::task(cache = "inputs")]
 async fn weigh(labels: HashMap<String, f64>, scale: Vec<i64>) -> anyhow::Result<f64> {
@@ -19,11 +20,25 @@ async fn weigh(labels: HashMap<String, f64>, scale: Vec<i64>) -> anyhow::Result<
 
 #[weir::task(cache = "inputs")]
 async fn expensive(n: u64) -> anyhow::Result<u64> {
+    // Tells the test (reading stderr) that this process is inside the task body.
+    eprintln!("computing {n}");
+    if std::env::var_os("PROBE_HANG").is_some() {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
+    if let Some(ms) = std::env::var("PROBE_WORK_MS").ok().and_then(|v| v.parse().ok()) {
+        // The "work": long enough that concurrent processes really overlap.
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     if let Ok(marker) = std::env::var("PROBE_MARKER") {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&marker)?;
-        writeln!(f, "computed {n}")?;
+        writeln!(f, "computed {n} by {}", std::process::id())?;
     }
     Ok(n * 2)
+}
+
+#[weir::flow]
+async fn many(n: u64) -> anyhow::Result<u64> {
+    Ok(expensive.map(0..n).await?.into_iter().sum())
 }
 
 #[weir::task(cache = "inputs")]
@@ -70,6 +85,11 @@ async fn main() -> anyhow::Result<()> {
             let (r, report) = probe(n.parse()?).with_report().await;
             r?;
             println!("{}", if report.cached > 0 { "hit" } else { "miss" });
+        }
+        ["many", n] => {
+            let (r, report) = many(n.parse()?).with_report().await;
+            r?;
+            println!("{} computed {} cached", report.completed, report.cached);
         }
         ["big", bytes] => {
             let len = probe_big(bytes.parse()?).await?;
