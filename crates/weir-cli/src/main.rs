@@ -1,5 +1,6 @@
 //! The `weir` command. Thin glue: argument parsing here, work in the library crates.
 
+mod cache;
 mod runs;
 
 use std::process::ExitCode;
@@ -22,12 +23,16 @@ enum Command {
     /// Flow runs recorded on this machine (in WEIR_HOME's state database).
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// The result cache (WEIR_RESULTS): entries, provenance, garbage collection, why a task missed.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Runs(cmd) => runs::run(cmd),
+        Command::Cache(cmd) => cache::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -202,14 +202,14 @@ fn mark_crashed(run: &mut FlowRunRecord, host: &str) {
     }
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(NOTHING);
     t.set_header(header.to_vec());
     t
 }
 
-fn when(us: i64) -> String {
+pub(crate) fn when(us: i64) -> String {
     let tz = jiff::tz::TimeZone::system();
     from_micros(us).to_zoned(tz).strftime("%Y-%m-%d %H:%M:%S").to_string()
 }

@@ -221,3 +221,19 @@ impl StateDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+impl StateDb {
+    /// How many task runs hit, missed or refreshed the cache (all time).
+    pub fn cache_counts(&self) -> Result<Vec<(CacheStatus, u64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT cache_status, count(*) FROM task_runs GROUP BY cache_status ORDER BY cache_status")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                CacheStatus::parse(&row.get::<_, String>(0)?),
+                row.get::<_, i64>(1)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

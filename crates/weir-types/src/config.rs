@@ -41,6 +41,40 @@ impl Paths {
     }
 }
 
+/// Where results go and the local tier in front of them, from the environment:
+/// `WEIR_RESULTS` (a path or URL; else `WEIR_RESULTS_DIR`), `WEIR_LOCAL_CACHE` (a folder, or
+/// `none`; default `$WEIR_HOME/local-cache` for remote stores) and `WEIR_LOCAL_CACHE_SIZE`
+/// (default `10GiB`).
+#[derive(Clone, Debug)]
+pub struct ResultsConfig {
+    pub location: String,
+    pub local_cache: Option<(PathBuf, u64)>,
+}
+
+impl ResultsConfig {
+    pub fn from_env(paths: &Paths) -> ResultsConfig {
+        let location = std::env::var("WEIR_RESULTS")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| paths.results_dir.display().to_string());
+        let remote = location.contains("://") && !location.starts_with("file://");
+        let dir = match std::env::var_os("WEIR_LOCAL_CACHE").filter(|v| !v.is_empty()) {
+            Some(v) if v == "none" || v == "off" => None,
+            Some(v) => Some(PathBuf::from(v)),
+            None => remote.then(|| paths.home.join("local-cache")),
+        };
+        let cap = std::env::var("WEIR_LOCAL_CACHE_SIZE")
+            .ok()
+            .and_then(|s| s.trim().parse::<bytesize::ByteSize>().ok())
+            .map(|b| b.as_u64())
+            .unwrap_or(10 << 30);
+        ResultsConfig {
+            location,
+            local_cache: dir.map(|d| (d, cap)),
+        }
+    }
+}
+
 /// True when an environment flag is set to `1`, `true`, `yes` or `on`.
 pub fn env_flag(name: &str) -> bool {
     std::env::var(name)

@@ -56,28 +56,14 @@ impl Settings {
             "never" | "0" | "false" => ProgressMode::Never,
             _ => ProgressMode::Auto,
         };
-        let results = std::env::var("WEIR_RESULTS")
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| paths.results_dir.display().to_string());
-        let remote = results.contains("://") && !results.starts_with("file://");
-        let local_cache = match std::env::var_os("WEIR_LOCAL_CACHE").filter(|v| !v.is_empty()) {
-            Some(v) if v == "none" || v == "off" => None,
-            Some(v) => Some(PathBuf::from(v)),
-            None => remote.then(|| paths.home.join("local-cache")),
-        };
-        let cap = std::env::var("WEIR_LOCAL_CACHE_SIZE")
-            .ok()
-            .and_then(|s| s.trim().parse::<bytesize::ByteSize>().ok())
-            .map(|b| b.as_u64())
-            .unwrap_or(10 << 30);
+        let results = weir_types::config::ResultsConfig::from_env(&paths);
         let lease_ttl = std::env::var("WEIR_LEASE_TTL")
             .ok()
             .and_then(|s| weir_types::duration::parse(&s).ok())
             .unwrap_or(Duration::from_secs(30));
         Settings {
-            results,
-            local_cache: local_cache.map(|p| (p, cap)),
+            results: results.location,
+            local_cache: results.local_cache,
             compression: std::env::var("WEIR_COMPRESSION").map(|v| v == "zstd").unwrap_or(false),
             lease_ttl,
             state_db: Some(paths.state_db),
