@@ -25,5 +25,5 @@ pub use key::{CacheKey, InputDigest, KeyParts};
 pub use location::{OpenOptions, open};
 pub use store::{
     Compression, EntryMeta, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord, Lookup, PutMode, PutOutcome,
-    ResultStore, Store, StoreError, StoreStats,
+    ResultStore, Store, StoreError, StoreStats, validate_name,
 };

@@ -216,6 +216,46 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
     fn renew<'a>(&'a self, lease: &'a Lease, ttl_micros: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Gives a lease up.
     fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Looks a named (templated-key) result up: `named/<name>`.
+    fn get_named<'a>(&'a self, name: &'a str, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>>;
+    /// Stores a named result at `named/<name>`, readable by people and other programs.
+    fn put_named(
+        &self,
+        meta: EntryMeta,
+        bytes: Vec<u8>,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>>;
+}
+
+/// Checks that a templated result key stays inside the store: a relative path of plain
+/// segments (no `..`, no `.`, no empty segments, no absolute paths, no backslashes or NULs).
+pub fn validate_name(name: &str) -> Result<(), StoreError> {
+    let bad = |why: &str| Err(StoreError::Config(format!("result key '{name}' {why}")));
+    if name.is_empty() {
+        return bad("is empty");
+    }
+    if name.starts_with('/') {
+        return bad("is an absolute path; result keys are relative to the store");
+    }
+    if name.contains('\\') || name.contains('\0') {
+        return bad("contains a backslash or NUL");
+    }
+    for seg in name.split('/') {
+        match seg {
+            "" => return bad("has an empty path segment"),
+            "." | ".." => return bad("would resolve outside the store ('.' or '..' segment)"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn named_data_path(name: &str) -> String {
+    format!("named/{name}")
+}
+
+fn named_manifest_path(name: &str) -> String {
+    format!("v1/named/{name}.json")
 }
 
 /// The result store layout over one backend.
@@ -364,6 +404,64 @@ impl Store {
         let written = match mode {
             PutMode::IfAbsent => self.backend.write(&path, manifest, WriteMode::IfAbsent).await?,
             PutMode::Replace => self.backend.write(&path, manifest, WriteMode::Overwrite).await?,
+        };
+        Ok(match written {
+            Written::Created => (PutOutcome::Published, meta),
+            Written::Exists => (PutOutcome::AlreadyPresent, meta),
+        })
+    }
+
+    async fn get_named_impl(&self, name: &str, now: i64) -> Result<Lookup, StoreError> {
+        validate_name(name)?;
+        let mpath = named_manifest_path(name);
+        let meta = match self.read_manifest(&mpath).await? {
+            None => return Ok(Lookup::Miss),
+            Some(Err(reason)) => return Ok(Lookup::Corrupt { reason }),
+            Some(Ok(m)) => m,
+        };
+        if meta.expires_at.is_some_and(|exp| exp <= now) {
+            return Ok(Lookup::Expired { meta });
+        }
+        let Some(bytes) = self.backend.read(&named_data_path(name)).await? else {
+            return Ok(Lookup::Miss);
+        };
+        if blake3::hash(&bytes).to_hex().as_str() != meta.blob {
+            return Ok(Lookup::Corrupt {
+                reason: format!(
+                    "named result {name} in {} does not match its checksum",
+                    self.backend.location()
+                ),
+            });
+        }
+        Ok(Lookup::Hit { meta, bytes })
+    }
+
+    async fn put_named_impl(
+        &self,
+        mut meta: EntryMeta,
+        bytes: Vec<u8>,
+        mode: PutMode,
+    ) -> Result<(PutOutcome, EntryMeta), StoreError> {
+        let name = meta.key.clone();
+        validate_name(&name)?;
+        meta.format = MANIFEST_FORMAT;
+        meta.raw_size = bytes.len() as u64;
+        meta.size = bytes.len() as u64;
+        // Stored as serialized, uncompressed: the point of a named result is that people and
+        // other programs can read it where they expect it.
+        meta.compression = None;
+        meta.blob = blake3::hash(&bytes).to_hex().to_string();
+        let mpath = named_manifest_path(&name);
+        if mode == PutMode::IfAbsent && self.backend.read(&mpath).await?.is_some() {
+            return Ok((PutOutcome::AlreadyPresent, meta));
+        }
+        self.backend
+            .write(&named_data_path(&name), bytes, WriteMode::Overwrite)
+            .await?;
+        let manifest = serde_json::to_vec_pretty(&meta)?;
+        let written = match mode {
+            PutMode::IfAbsent => self.backend.write(&mpath, manifest, WriteMode::IfAbsent).await?,
+            PutMode::Replace => self.backend.write(&mpath, manifest, WriteMode::Overwrite).await?,
         };
         Ok(match written {
             Written::Created => (PutOutcome::Published, meta),
@@ -629,5 +727,18 @@ impl ResultStore for Store {
             self.backend.delete(&path).await?;
             Ok(())
         })
+    }
+
+    fn get_named<'a>(&'a self, name: &'a str, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>> {
+        Box::pin(self.get_named_impl(name, now))
+    }
+
+    fn put_named(
+        &self,
+        meta: EntryMeta,
+        bytes: Vec<u8>,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
+        Box::pin(self.put_named_impl(meta, bytes, mode))
     }
 }

@@ -201,4 +201,17 @@ impl ResultStore for Tiered {
     fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>> {
         self.remote.release(lease)
     }
+
+    fn get_named<'a>(&'a self, name: &'a str, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>> {
+        self.remote.get_named(name, now)
+    }
+
+    fn put_named(
+        &self,
+        meta: EntryMeta,
+        bytes: Vec<u8>,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
+        self.remote.put_named(meta, bytes, mode)
+    }
 }

@@ -60,6 +60,8 @@ struct TaskOpts {
     blocking: bool,
     isolation: Option<bool>,
     compression: Option<String>,
+    result_key: Option<LitStr>,
+    on_duplicate: Option<String>,
 }
 
 fn duration_nanos(lit: &LitStr) -> syn::Result<u128> {
@@ -129,6 +131,17 @@ impl TaskOpts {
                     _ => return Err(syn::Error::new(lit.span(), "isolation is \"serializable\" or \"none\"")),
                 });
             }
+            "result_key" => self.result_key = Some(meta.value()?.parse()?),
+            "on_duplicate" => {
+                let lit: LitStr = meta.value()?.parse()?;
+                if !matches!(lit.value().as_str(), "skip" | "overwrite" | "error") {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "on_duplicate is \"skip\", \"overwrite\" or \"error\"",
+                    ));
+                }
+                self.on_duplicate = Some(lit.value());
+            }
             "compression" => {
                 let lit: LitStr = meta.value()?.parse()?;
                 if !matches!(lit.value().as_str(), "zstd" | "none") {
@@ -139,8 +152,8 @@ impl TaskOpts {
             _ => {
                 return Err(meta.error(
                     "unknown task option (expected one of: name, cache, key, cache_version, cache_expiration, \
-                     refresh_cache, serializer, compression, isolation, retries, retry_delay, backoff, jitter, \
-                     timeout, blocking)",
+                     refresh_cache, serializer, compression, isolation, result_key, on_duplicate, retries, \
+                     retry_delay, backoff, jitter, timeout, blocking)",
                 ));
             }
         }
@@ -194,6 +207,40 @@ fn output_type(func: &ItemFn) -> syn::Result<Type> {
     }
 }
 
+/// Rejects placeholders a result key template cannot fill, at compile time.
+fn check_template(lit: &LitStr, args: &[Arg]) -> syn::Result<()> {
+    const FIELDS: [&str; 5] = ["flow_name", "task_name", "flow_run_id", "task_run_id", "date"];
+    let text = lit.value();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find('{') {
+        rest = &rest[i + 1..];
+        if let Some(stripped) = rest.strip_prefix('{') {
+            rest = stripped;
+            continue;
+        }
+        let Some(end) = rest.find('}') else {
+            return Err(syn::Error::new(lit.span(), "unclosed '{' in result_key"));
+        };
+        let name = &rest[..end];
+        if !FIELDS.contains(&name) && !args.iter().any(|a| a.ident == name) {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!(
+                    "result_key uses '{{{name}}}', which is neither a parameter of this task nor one of {FIELDS:?}"
+                ),
+            ));
+        }
+        rest = &rest[end + 1..];
+    }
+    if text.starts_with('/') {
+        return Err(syn::Error::new(
+            lit.span(),
+            "result_key is relative to the result store; remove the leading '/'",
+        ));
+    }
+    Ok(())
+}
+
 fn nanos(n: u128) -> TokenStream2 {
     let n = n as u64;
     quote!(::core::time::Duration::from_nanos(#n))
@@ -238,10 +285,20 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
         _ => quote!(::weir::CachePolicy::None),
     };
     let cached = opts.key.is_some()
+        || opts.result_key.is_some()
         || matches!(
             opts.cache.as_ref().map(|c| c.0.as_str()),
             Some("inputs" | "inputs+source")
         );
+    if let Some(lit) = &opts.result_key {
+        check_template(lit, &args)?;
+    }
+    if opts.on_duplicate.is_some() && opts.result_key.is_none() {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "on_duplicate applies to tasks with a result_key",
+        ));
+    }
     let retries = opts.retries.unwrap_or(0);
     let retry_delay = nanos(opts.retry_delay.unwrap_or(0));
     let backoff = match opts.backoff.as_ref().map(|b| b.0.as_str()) {
@@ -271,6 +328,15 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
     };
     let param_names: Vec<String> = args.iter().map(|a| a.ident.to_string()).collect();
     let isolation = opts.isolation.unwrap_or(true);
+    let result_key = match &opts.result_key {
+        Some(l) => quote!(::core::option::Option::Some(#l)),
+        None => quote!(::core::option::Option::None),
+    };
+    let on_duplicate = match opts.on_duplicate.as_deref() {
+        Some("overwrite") => quote!(::weir::OnDuplicate::Overwrite),
+        Some("error") => quote!(::weir::OnDuplicate::Error),
+        _ => quote!(::weir::OnDuplicate::Skip),
+    };
     let compression = match &opts.compression {
         Some(c) => quote!(::core::option::Option::Some(#c)),
         None => quote!(::core::option::Option::None),
@@ -331,7 +397,14 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
         }
     };
 
-    let construct = if cached {
+    let construct = if opts.result_key.is_some() {
+        let names = &param_names;
+        quote!({
+            // Rendered before the inputs move into the attempt.
+            let __weir_params = ::std::vec![#((#names, ::weir::__private::serde_json::to_value(&#idents))),*];
+            ::weir::TaskCall::__cached(&#name::SPEC, #key_material, #attempt).__with_params(__weir_params)
+        })
+    } else if cached {
         quote!(::weir::TaskCall::__cached(&#name::SPEC, #key_material, #attempt))
     } else {
         quote!(::weir::TaskCall::__new(&#name::SPEC, #attempt))
@@ -367,6 +440,8 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
                 params: &[#(#param_names),*],
                 isolation: #isolation,
                 compression: #compression,
+                result_key: #result_key,
+                on_duplicate: #on_duplicate,
             };
         }
     })

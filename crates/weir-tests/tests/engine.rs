@@ -761,3 +761,89 @@ async fn concurrent_writers_of_one_key_all_return_one_result() {
     // (That no temp files are left behind is checked in weir-cache, where no other test
     // shares the folder.)
 }
+
+// ---------- templated result keys ----------
+
+#[weir::task(result_key = "{flow_name}/{task_name}/{region}-{day}.json")]
+async fn report(region: String, day: u64) -> anyhow::Result<String> {
+    bump(&format!("report-{region}-{day}"));
+    Ok(format!("report for {region} on day {day}"))
+}
+
+#[weir::task(result_key = "strict/{region}.json", on_duplicate = "error")]
+async fn strict(region: String) -> anyhow::Result<u64> {
+    Ok(region.len() as u64)
+}
+
+#[weir::task(result_key = "latest/{region}.json", on_duplicate = "overwrite")]
+async fn latest(region: String, value: u64) -> anyhow::Result<u64> {
+    tracing::debug!("latest value for {region}");
+    Ok(value)
+}
+
+#[weir::flow]
+async fn reports(region: String, day: u64) -> anyhow::Result<String> {
+    Ok(report(region, day).await?)
+}
+
+#[weir::flow]
+async fn strict_flow(region: String) -> anyhow::Result<u64> {
+    Ok(strict(region).await?)
+}
+
+#[weir::flow]
+async fn latest_flow(region: String, value: u64) -> anyhow::Result<u64> {
+    Ok(latest(region, value).await?)
+}
+
+#[tokio::test]
+async fn templated_result_keys_are_readable_files_and_hit_by_name() {
+    env();
+    let day = unique();
+    let out = reports("eu".into(), day).await.unwrap();
+    let path = env().results.join(format!("named/reports/report/eu-{day}.json"));
+    let on_disk: String = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(on_disk, out, "the result is where its name says, as JSON");
+    let (again, report) = reports("eu".into(), day).with_report().await;
+    assert_eq!(again.unwrap(), out);
+    assert_eq!(report.cached, 1);
+    assert_eq!(count(&format!("report-eu-{day}")), 1);
+    let tasks = db().task_runs(report.flow_run_id).unwrap();
+    assert_eq!(
+        tasks[0].cache_key.as_deref(),
+        Some(format!("reports/report/eu-{day}.json").as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_templated_key_that_leaves_the_store_is_refused() {
+    env();
+    for evil in ["../../../escaped", "/etc/passwd-weir", "a/../../b"] {
+        let (r, report) = reports(evil.into(), 1).with_report().await;
+        let text = format!("{:#}", anyhow::Error::from(r.unwrap_err()));
+        assert!(text.contains("result key"), "{evil}: {text}");
+        assert_eq!(db().task_runs(report.flow_run_id).unwrap()[0].state, State::Failed);
+    }
+    let root = env().results.parent().unwrap();
+    assert!(!root.join("escaped").exists() && !root.parent().unwrap().join("escaped").exists());
+    assert!(!std::path::Path::new("/etc/passwd-weir").exists());
+}
+
+#[tokio::test]
+async fn on_duplicate_error_and_overwrite() {
+    env();
+    let region = format!("r{}", unique());
+    strict_flow(region.clone()).await.unwrap();
+    let err = format!(
+        "{:#}",
+        anyhow::Error::from(strict_flow(region.clone()).await.unwrap_err())
+    );
+    assert!(err.contains("already has a result"), "{err}");
+
+    assert_eq!(latest_flow(region.clone(), 1).await.unwrap(), 1);
+    assert_eq!(latest_flow(region.clone(), 2).await.unwrap(), 2, "overwrite recomputes");
+    let on_disk: u64 =
+        serde_json::from_slice(&std::fs::read(env().results.join(format!("named/latest/{region}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(on_disk, 2);
+}

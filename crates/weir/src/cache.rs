@@ -259,3 +259,115 @@ pub(crate) async fn publish<T>(
         }
     }
 }
+
+/// What to do when a templated result key already has a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDuplicate {
+    /// Use the stored result (a cache hit). The default.
+    Skip,
+    /// Compute again and replace it.
+    Overwrite,
+    /// Fail the task run.
+    Error,
+}
+
+/// Values a result key template can use.
+pub(crate) struct KeyContext<'a> {
+    pub flow_name: &'a str,
+    pub task_name: &'a str,
+    pub flow_run_id: String,
+    pub task_run_id: String,
+    pub params: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+/// Renders `{flow_name}/{task_name}/{date}/{region}.json`. `{{` and `}}` are literal braces.
+/// (Single-brace placeholders are the whole language, so a template engine would add
+/// nothing but a second syntax; the macro already rejected unknown names at compile time.)
+pub(crate) fn render_key(template: &str, ctx: &KeyContext<'_>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                out.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                out.push('}');
+            }
+            '{' => {
+                let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                let value = match name.as_str() {
+                    "flow_name" => ctx.flow_name.to_string(),
+                    "task_name" => ctx.task_name.to_string(),
+                    "flow_run_id" => ctx.flow_run_id.clone(),
+                    "task_run_id" => ctx.task_run_id.clone(),
+                    "date" => weir_types::time::now().strftime("%Y-%m-%d").to_string(),
+                    param => match ctx.params.get(param) {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(v) => v.to_string(),
+                        None => return Err(format!("result key '{template}' names an unknown field '{{{param}}}'")),
+                    },
+                };
+                out.push_str(&value);
+            }
+            other => out.push(other),
+        }
+    }
+    weir_cache::validate_name(&out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Publishes a named result (already serialized).
+pub(crate) async fn publish_named(
+    store: Arc<dyn ResultStore>,
+    meta: EntryMeta,
+    bytes: Vec<u8>,
+    mode: PutMode,
+) -> Result<PutOutcome, String> {
+    tokio::task::spawn_blocking(move || tokio::runtime::Handle::current().block_on(store.put_named(meta, bytes, mode)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|(o, _)| o)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(params: &serde_json::Map<String, serde_json::Value>) -> KeyContext<'_> {
+        KeyContext {
+            flow_name: "daily",
+            task_name: "load",
+            flow_run_id: "f".into(),
+            task_run_id: "t".into(),
+            params,
+        }
+    }
+
+    #[test]
+    fn renders_fields_and_parameters() {
+        let mut p = serde_json::Map::new();
+        p.insert("region".into(), "eu-west".into());
+        p.insert("day".into(), 7.into());
+        let k = render_key("{flow_name}/{task_name}/{region}-{day}.json", &ctx(&p)).unwrap();
+        assert_eq!(k, "daily/load/eu-west-7.json");
+        let d = render_key("{date}/x", &ctx(&p)).unwrap();
+        assert_eq!(d.len(), "2026-11-22/x".len());
+        assert_eq!(render_key("a{{b}}", &ctx(&p)).unwrap(), "a{b}");
+    }
+
+    #[test]
+    fn refuses_keys_that_leave_the_store() {
+        let mut p = serde_json::Map::new();
+        for evil in ["../../etc/passwd", "/etc/passwd", "a/../../b", "..", "a//b", "a\\b"] {
+            p.insert("region".into(), evil.into());
+            let err = render_key("{region}", &ctx(&p)).unwrap_err();
+            assert!(err.contains("result key"), "{evil}: {err}");
+        }
+        let err = render_key("{nope}", &ctx(&p)).unwrap_err();
+        assert!(err.contains("unknown field '{nope}'"), "{err}");
+    }
+}

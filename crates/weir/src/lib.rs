@@ -78,7 +78,7 @@ mod settings;
 mod task;
 pub mod testing;
 
-pub use cache::{KeyError, KeyMaterial};
+pub use cache::{KeyError, KeyMaterial, OnDuplicate};
 pub use flow::{FlowCall, FlowError, FlowSpec, RunReport};
 pub use map::{DEFAULT_MAP_LIMIT, MapCall, MapExt, all};
 pub use settings::{AlreadyConfigured, ProgressMode, Settings, configure};

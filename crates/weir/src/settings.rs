@@ -90,7 +90,7 @@ pub(crate) static CONFIGURED: OnceLock<Settings> = OnceLock::new();
 ///
 /// ```no_run
 /// let mut settings = weir::Settings::from_env();
-/// settings.results_dir = "/mnt/shared/weir-results".into();
+/// settings.results = "s3://team-bucket/weir?region=eu-west-1".into();
 /// weir::configure(settings).expect("configured before any flow ran");
 /// ```
 pub fn configure(settings: Settings) -> Result<(), AlreadyConfigured> {

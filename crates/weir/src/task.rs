@@ -11,10 +11,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use weir_cache::{CacheKey, EntryMeta, Format, PutMode};
+use weir_cache::{CacheKey, EntryMeta, Format, PutMode, PutOutcome};
 use weir_types::{CacheStatus, State, StateEntry, TaskRunId, TaskRunRecord};
 
-use crate::cache::{self, Codec, Found, HeldLease, Isolation, KeyError, KeyMaterial};
+use crate::cache::{self, Codec, Found, HeldLease, Isolation, KeyContext, KeyError, KeyMaterial, OnDuplicate};
 use crate::context::{self, FlowRunCtx, SCOPE, Scope};
 use crate::engine::{self, Engine};
 
@@ -66,6 +66,10 @@ pub struct TaskSpec {
     pub isolation: bool,
     /// `Some("zstd")` or `Some("none")` overrides the store's compression.
     pub compression: Option<&'static str>,
+    /// A readable result key template (`"{flow_name}/{task_name}/{date}/{region}.json"`).
+    pub result_key: Option<&'static str>,
+    /// What a templated key does when a result is already there.
+    pub on_duplicate: OnDuplicate,
 }
 
 impl TaskSpec {
@@ -135,6 +139,7 @@ fn describe(state: State, attempts: u32) -> String {
         State::TimedOut => format!("timed out (after {tries})"),
         State::Crashed => "crashed".into(),
         State::Cancelled => "was cancelled".into(),
+        _ if attempts == 0 => "failed before it ran".into(),
         _ => format!("failed after {tries}"),
     }
 }
@@ -148,6 +153,8 @@ impl TaskError {
 type Attempt<T> = Box<dyn FnMut() -> BoxFuture<'static, anyhow::Result<T>> + Send>;
 
 struct Parts<T> {
+    /// Parameter values for templated result keys.
+    params: Option<serde_json::Map<String, serde_json::Value>>,
     id: TaskRunId,
     spec: &'static TaskSpec,
     attempt: Attempt<T>,
@@ -171,6 +178,7 @@ impl<T: Send + 'static> TaskCall<T> {
     ) -> Self {
         TaskCall {
             parts: Some(Parts {
+                params: None,
                 id: TaskRunId::new(),
                 spec,
                 attempt: Box::new(attempt),
@@ -199,6 +207,19 @@ impl<T: Send + 'static> TaskCall<T> {
             });
         }
         call
+    }
+
+    #[doc(hidden)]
+    pub fn __with_params(mut self, params: Vec<(&'static str, Result<serde_json::Value, serde_json::Error>)>) -> Self {
+        if let Some(p) = &mut self.parts {
+            p.params = Some(
+                params
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.unwrap_or(serde_json::Value::Null)))
+                    .collect(),
+            );
+        }
+        self
     }
 
     /// Recompute this call even if its result is cached (and replace the cached entry).
@@ -491,8 +512,64 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
 
     // The cache: a hit returns here, without running the task.
     let mut publish_plan: Option<(CacheKey, PutMode)> = None;
+    let mut named_plan: Option<(String, PutMode)> = None;
     let mut lease: Option<HeldLease> = None;
-    if let Some(codec) = &parts.codec {
+    if let (Some(template), Some(codec), Some(store)) = (spec.result_key, &parts.codec, &engine.store) {
+        let empty = serde_json::Map::new();
+        let ctx = KeyContext {
+            flow_name: scope.flow.as_ref().map(|f| f.name).unwrap_or("-"),
+            task_name: spec.name,
+            flow_run_id: scope.flow.as_ref().map(|f| f.id.to_string()).unwrap_or_default(),
+            task_run_id: run.rec.id.to_string(),
+            params: parts.params.as_ref().unwrap_or(&empty),
+        };
+        let name = match cache::render_key(template, &ctx) {
+            Ok(n) => n,
+            Err(e) => return Err(fail(&mut run, State::Failed, anyhow::anyhow!(e))),
+        };
+        run.rec.cache_key = Some(name.clone());
+        let refresh = parts.refresh.unwrap_or(spec.refresh_cache) || engine.settings.refresh_cache;
+        let mode = if refresh || spec.on_duplicate == OnDuplicate::Overwrite {
+            run.rec.cache_status = CacheStatus::Refreshed;
+            PutMode::Replace
+        } else {
+            run.rec.cache_status = CacheStatus::Miss;
+            match store.get_named(&name, weir_types::time::now_micros()).await {
+                Ok(weir_cache::Lookup::Hit { meta, bytes }) if spec.on_duplicate == OnDuplicate::Skip => {
+                    match Format::from_name(&meta.serializer).and_then(|f| (codec.decode)(&bytes, f)) {
+                        Ok(v) => {
+                            run.rec.cache_status = CacheStatus::Hit;
+                            run.set(State::Cached, None);
+                            in_scope(
+                                &task_scope,
+                                || tracing::info!(target: "weir::task", "Cached (result {name})"),
+                            );
+                            return Ok(v);
+                        }
+                        Err(e) => {
+                            in_scope(
+                                &task_scope,
+                                || tracing::warn!(target: "weir::cache", "result {name} cannot be read as this task's output ({e}); recomputing"),
+                            );
+                            PutMode::Replace
+                        }
+                    }
+                }
+                Ok(
+                    weir_cache::Lookup::Hit { .. }
+                    | weir_cache::Lookup::Expired { .. }
+                    | weir_cache::Lookup::Corrupt { .. },
+                ) if spec.on_duplicate == OnDuplicate::Error => {
+                    let err = anyhow::anyhow!("result key '{name}' already has a result (on_duplicate = \"error\")");
+                    return Err(fail(&mut run, State::Failed, err));
+                }
+                Ok(weir_cache::Lookup::Miss) => PutMode::IfAbsent,
+                Ok(_) => PutMode::Replace,
+                Err(e) => return Err(fail(&mut run, State::Failed, anyhow::anyhow!("result store: {e}"))),
+            }
+        };
+        named_plan = Some((name, mode));
+    } else if let Some(codec) = &parts.codec {
         let material = match &codec.key {
             Ok(m) => m,
             Err(e) => return Err(fail(&mut run, State::Failed, anyhow::anyhow!("{e}"))),
@@ -582,6 +659,49 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         return Err(fail(&mut run, state, err));
     };
 
+    if let (Some(codec), Some((name, mode)), Some(store)) = (&parts.codec, &named_plan, &engine.store) {
+        let meta = EntryMeta {
+            format: weir_cache::store::MANIFEST_FORMAT,
+            key: name.clone(),
+            task: spec.path.to_string(),
+            flow: scope.flow.as_ref().map(|f| f.name.to_string()),
+            flow_run_id: scope.flow.as_ref().map(|f| f.id.to_string()),
+            task_run_id: run.rec.id.to_string(),
+            serializer: spec.format.name().to_string(),
+            created_at: weir_types::time::now_micros(),
+            raw_size: 0,
+            compression: None,
+            expires_at: spec
+                .cache_expiration
+                .map(|d| weir_types::time::now_micros().saturating_add(d.as_micros() as i64)),
+            size: 0,
+            blob: String::new(),
+            cache_version: spec.cache_version.to_string(),
+            source_hash: Some(spec.source_hash.to_string()),
+            inputs: codec
+                .key
+                .as_ref()
+                .map(|m| m.parts(spec).input_digests())
+                .unwrap_or_default(),
+        };
+        let published = match (codec.encode)(&value, spec.format) {
+            Ok(bytes) => cache::publish_named(store.clone(), meta, bytes, *mode).await,
+            Err(e) => Err(format!("result cannot be serialized: {e}")),
+        };
+        match published {
+            Ok(PutOutcome::AlreadyPresent) if spec.on_duplicate == OnDuplicate::Error => {
+                let err = anyhow::anyhow!(
+                    "result key '{name}' was written by another run meanwhile (on_duplicate = \"error\")"
+                );
+                return Err(fail(&mut run, State::Failed, err));
+            }
+            Ok(_) => {}
+            Err(e) => in_scope(
+                &task_scope,
+                || tracing::warn!(target: "weir::cache", "could not store result {name}: {e}"),
+            ),
+        }
+    }
     let value = match (&parts.codec, publish_plan, &engine.store) {
         (Some(codec), Some((key, mode)), Some(store)) => {
             let meta = EntryMeta {
