@@ -6,6 +6,7 @@
 //! features). The result store's layout and checks are written once, over this trait.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
 
@@ -71,6 +72,28 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Every file under `prefix` (recursively).
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, BackendError>>;
+
+    /// Streams the local file `src` into `path` with bounded memory (multipart uploads on
+    /// object storage), atomically like [`Backend::write`].
+    fn write_file<'a>(
+        &'a self,
+        path: &'a str,
+        src: &'a Path,
+        mode: WriteMode,
+    ) -> BoxFuture<'a, Result<Written, BackendError>>;
+
+    /// Streams `path` into the new local file `dest` with bounded memory; returns the
+    /// BLAKE3 (hex) and size of what was read, or `None` if there is no such file.
+    fn read_to_file<'a>(
+        &'a self,
+        path: &'a str,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<(String, u64)>, BackendError>>;
+
+    /// The file on local disk holding `path`, when the backend is a folder (zero-copy reads).
+    fn local_path(&self, _path: &str) -> Option<PathBuf> {
+        None
+    }
 
     /// Marks a file as just used (for least-recently-used eviction). Optional.
     fn touch<'a>(&'a self, _path: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {

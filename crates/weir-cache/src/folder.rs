@@ -87,6 +87,46 @@ impl FolderBackend {
         }
     }
 
+    fn write_file_sync(&self, path: &str, src: &Path, mode: WriteMode) -> Result<Written, BackendError> {
+        let dest = self.path_of(path);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(|e| self.err("create", parent, e))?;
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".w-")
+            .tempfile_in(&self.tmp)
+            .map_err(|e| self.err("create", &self.tmp, e))?;
+        let mut input = fs::File::open(src).map_err(|e| self.err("open", src, e))?;
+        // std::io::copy uses copy_file_range on Linux: the kernel moves the bytes.
+        io::copy(&mut input, tmp.as_file_mut()).map_err(|e| self.err("copy", tmp.path(), e))?;
+        if self.fsync {
+            tmp.as_file().sync_all().map_err(|e| self.err("fsync", tmp.path(), e))?;
+        }
+        match mode {
+            WriteMode::IfAbsent => match fs::hard_link(tmp.path(), &dest) {
+                Ok(()) => Ok(Written::Created),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Written::Exists),
+                Err(e) => Err(self.err("link", &dest, e)),
+            },
+            WriteMode::Overwrite => {
+                tmp.persist(&dest).map_err(|e| self.err("rename", &dest, e.error))?;
+                Ok(Written::Created)
+            }
+        }
+    }
+
+    fn read_to_file_sync(&self, path: &str, dest: &Path) -> Result<Option<(String, u64)>, BackendError> {
+        let src = self.path_of(path);
+        let input = match fs::File::open(&src) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err("open", &src, e)),
+        };
+        let mut out = fs::File::create(dest).map_err(|e| self.err("create", dest, e))?;
+        let (hash, size) = crate::stream::hash_copy(input, &mut out).map_err(|e| self.err("copy", &src, e))?;
+        Ok(Some((hash, size)))
+    }
+
     fn list_sync(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         let mut out = Vec::new();
         let start = self.path_of(prefix);
@@ -166,6 +206,27 @@ impl Backend for FolderBackend {
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, BackendError>> {
         Box::pin(std::future::ready(self.list_sync(prefix)))
+    }
+
+    fn write_file<'a>(
+        &'a self,
+        path: &'a str,
+        src: &'a Path,
+        mode: WriteMode,
+    ) -> BoxFuture<'a, Result<Written, BackendError>> {
+        Box::pin(std::future::ready(self.write_file_sync(path, src, mode)))
+    }
+
+    fn read_to_file<'a>(
+        &'a self,
+        path: &'a str,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<(String, u64)>, BackendError>> {
+        Box::pin(std::future::ready(self.read_to_file_sync(path, dest)))
+    }
+
+    fn local_path(&self, path: &str) -> Option<PathBuf> {
+        Some(self.path_of(path))
     }
 
     fn touch<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {

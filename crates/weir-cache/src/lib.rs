@@ -18,12 +18,13 @@ pub mod key;
 pub mod location;
 pub mod object;
 pub mod store;
+pub mod stream;
 pub mod tier;
 
 pub use format::Format;
 pub use key::{CacheKey, InputDigest, KeyParts};
 pub use location::{OpenOptions, open};
 pub use store::{
-    Compression, EntryMeta, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord, Lookup, PutMode, PutOutcome,
-    ResultStore, Store, StoreError, StoreStats, validate_name,
+    Compression, EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord, Lookup, PutMode,
+    PutOutcome, ResultStore, Store, StoreError, StoreStats, validate_name,
 };

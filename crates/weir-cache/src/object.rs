@@ -4,6 +4,9 @@
 //! S3 makes each PUT atomic (an object appears whole or not at all) and honours
 //! `If-None-Match: *` for create-if-absent; OpenDAL exposes that as `if_not_exists`.
 
+use std::io::Write;
+use std::path::Path;
+
 use futures::future::BoxFuture;
 use opendal::{ErrorKind, Operator};
 
@@ -93,6 +96,98 @@ impl Backend for ObjectBackend {
                 Err(e) if e.kind() == ErrorKind::ConditionNotMatch => Ok(Written::Exists),
                 Err(e) => Err(err(&self.location, "write", path, e)),
             }
+        })
+    }
+
+    fn write_file<'a>(
+        &'a self,
+        path: &'a str,
+        src: &'a Path,
+        mode: WriteMode,
+    ) -> BoxFuture<'a, Result<Written, BackendError>> {
+        Box::pin(async move {
+            let io_err = |e: std::io::Error| BackendError {
+                backend: self.location.clone(),
+                op: "read",
+                path: src.display().to_string(),
+                message: e.to_string(),
+            };
+            if mode == WriteMode::IfAbsent {
+                match self.op.exists(path).await {
+                    Ok(true) => return Ok(Written::Exists),
+                    Ok(false) => {}
+                    Err(e) => return Err(err(&self.location, "stat", path, e)),
+                }
+            }
+            // Multipart upload: parts of CHUNK bytes, at most two in flight, so memory stays
+            // around three chunks whatever the file's size.
+            let mut writer = self
+                .op
+                .writer_with(path)
+                .chunk(crate::stream::CHUNK)
+                .concurrent(2)
+                .await
+                .map_err(|e| err(&self.location, "write", path, e))?;
+            let mut file = std::fs::File::open(src).map_err(io_err)?;
+            loop {
+                let mut buf = vec![0u8; crate::stream::CHUNK];
+                let n = crate::stream::read_full(&mut file, &mut buf).map_err(io_err)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                writer
+                    .write(buf)
+                    .await
+                    .map_err(|e| err(&self.location, "write", path, e))?;
+            }
+            writer
+                .close()
+                .await
+                .map_err(|e| err(&self.location, "write", path, e))?;
+            Ok(Written::Created)
+        })
+    }
+
+    fn read_to_file<'a>(
+        &'a self,
+        path: &'a str,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<(String, u64)>, BackendError>> {
+        Box::pin(async move {
+            let size = match self.op.stat(path).await {
+                Ok(m) => m.content_length(),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(err(&self.location, "stat", path, e)),
+            };
+            let reader = self
+                .op
+                .reader(path)
+                .await
+                .map_err(|e| err(&self.location, "read", path, e))?;
+            let io_err = |e: std::io::Error| BackendError {
+                backend: self.location.clone(),
+                op: "write",
+                path: dest.display().to_string(),
+                message: e.to_string(),
+            };
+            let mut out = std::fs::File::create(dest).map_err(io_err)?;
+            let mut hasher = blake3::Hasher::new();
+            let mut offset = 0u64;
+            while offset < size {
+                let end = (offset + crate::stream::CHUNK as u64).min(size);
+                let buf = reader
+                    .read(offset..end)
+                    .await
+                    .map_err(|e| err(&self.location, "read", path, e))?;
+                for chunk in buf {
+                    hasher.update(&chunk);
+                    out.write_all(&chunk).map_err(io_err)?;
+                }
+                offset = end;
+            }
+            out.flush().map_err(io_err)?;
+            Ok(Some((hasher.finalize().to_hex().to_string(), size)))
         })
     }
 

@@ -17,6 +17,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -72,6 +73,23 @@ pub enum Lookup {
     Expired { meta: EntryMeta },
     /// An entry that cannot be trusted (unparseable manifest, checksum mismatch…).
     Corrupt { reason: String },
+}
+
+/// What a lookup of a file result found.
+#[derive(Debug)]
+pub enum FileLookup {
+    /// A complete, verified file on local disk.
+    Hit {
+        meta: EntryMeta,
+        path: PathBuf,
+    },
+    Miss,
+    Expired {
+        meta: EntryMeta,
+    },
+    Corrupt {
+        reason: String,
+    },
 }
 
 /// How to publish a manifest.
@@ -216,6 +234,21 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
     fn renew<'a>(&'a self, lease: &'a Lease, ttl_micros: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Gives a lease up.
     fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Stores the local file `src` as the result of `meta.key`, streaming it (bounded memory).
+    fn put_file(
+        &self,
+        meta: EntryMeta,
+        src: PathBuf,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>>;
+    /// Looks a file result up and makes it available on local disk (zero-copy for folders,
+    /// otherwise downloaded once into `dest_dir`), verified against its hash.
+    fn get_file<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        now: i64,
+        dest_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<FileLookup, StoreError>>;
     /// Looks a named (templated-key) result up: `named/<name>`.
     fn get_named<'a>(&'a self, name: &'a str, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>>;
     /// Stores a named result at `named/<name>`, readable by people and other programs.
@@ -409,6 +442,99 @@ impl Store {
             Written::Created => (PutOutcome::Published, meta),
             Written::Exists => (PutOutcome::AlreadyPresent, meta),
         })
+    }
+
+    async fn put_file_impl(
+        &self,
+        mut meta: EntryMeta,
+        src: PathBuf,
+        mode: PutMode,
+    ) -> Result<(PutOutcome, EntryMeta), StoreError> {
+        let (hash, size) = crate::stream::hash_file(&src)
+            .map_err(|e| StoreError::Config(format!("cannot read the result file {}: {e}", src.display())))?;
+        meta.format = MANIFEST_FORMAT;
+        meta.serializer = "file".into();
+        meta.compression = None;
+        meta.blob = hash;
+        meta.size = size;
+        meta.raw_size = size;
+        let blob_mode = match mode {
+            PutMode::IfAbsent => WriteMode::IfAbsent,
+            PutMode::Replace => WriteMode::Overwrite,
+        };
+        self.backend.write_file(&blob_path(&meta.blob), &src, blob_mode).await?;
+        let manifest = serde_json::to_vec_pretty(&meta)?;
+        let path = manifest_path(&meta.key);
+        let written = match mode {
+            PutMode::IfAbsent => self.backend.write(&path, manifest, WriteMode::IfAbsent).await?,
+            PutMode::Replace => self.backend.write(&path, manifest, WriteMode::Overwrite).await?,
+        };
+        Ok(match written {
+            Written::Created => (PutOutcome::Published, meta),
+            Written::Exists => (PutOutcome::AlreadyPresent, meta),
+        })
+    }
+
+    async fn get_file_impl(&self, key: &CacheKey, now: i64, dest_dir: &Path) -> Result<FileLookup, StoreError> {
+        let path = self.manifest_path(key);
+        let meta = match self.read_manifest(&path).await? {
+            None => return Ok(FileLookup::Miss),
+            Some(Err(reason)) => return Ok(FileLookup::Corrupt { reason }),
+            Some(Ok(m)) => m,
+        };
+        if meta.expires_at.is_some_and(|exp| exp <= now) {
+            return Ok(FileLookup::Expired { meta });
+        }
+        let bpath = blob_path(&meta.blob);
+        let verify = |p: &Path| -> Result<bool, StoreError> {
+            match crate::stream::hash_file(p) {
+                Ok((h, _)) => Ok(h == meta.blob),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(StoreError::Config(format!("cannot read {}: {e}", p.display()))),
+            }
+        };
+        // A folder: the blob itself is the file.
+        if let Some(local) = self.backend.local_path(&bpath) {
+            if !local.exists() {
+                return Ok(FileLookup::Miss);
+            }
+            return Ok(if verify(&local)? {
+                FileLookup::Hit { meta, path: local }
+            } else {
+                FileLookup::Corrupt {
+                    reason: format!("blob {} does not match its checksum", local.display()),
+                }
+            });
+        }
+        // Elsewhere: downloaded once into dest_dir, named by its hash.
+        let dest = dest_dir.join(&meta.blob);
+        if dest.exists() && verify(&dest)? {
+            return Ok(FileLookup::Hit { meta, path: dest });
+        }
+        std::fs::create_dir_all(dest_dir)
+            .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dest_dir.display())))?;
+        let tmp = dest_dir.join(format!(".{}.{}.part", meta.blob, std::process::id()));
+        let got = self.backend.read_to_file(&bpath, &tmp).await?;
+        match got {
+            None => {
+                let _ = std::fs::remove_file(&tmp);
+                Ok(FileLookup::Miss)
+            }
+            Some((hash, _)) if hash == meta.blob => {
+                std::fs::rename(&tmp, &dest)
+                    .map_err(|e| StoreError::Config(format!("cannot move into {}: {e}", dest.display())))?;
+                Ok(FileLookup::Hit { meta, path: dest })
+            }
+            Some(_) => {
+                let _ = std::fs::remove_file(&tmp);
+                Ok(FileLookup::Corrupt {
+                    reason: format!(
+                        "blob {bpath} in {} does not match its checksum",
+                        self.backend.location()
+                    ),
+                })
+            }
+        }
     }
 
     async fn get_named_impl(&self, name: &str, now: i64) -> Result<Lookup, StoreError> {
@@ -731,6 +857,24 @@ impl ResultStore for Store {
 
     fn get_named<'a>(&'a self, name: &'a str, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>> {
         Box::pin(self.get_named_impl(name, now))
+    }
+
+    fn put_file(
+        &self,
+        meta: EntryMeta,
+        src: PathBuf,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
+        Box::pin(self.put_file_impl(meta, src, mode))
+    }
+
+    fn get_file<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        now: i64,
+        dest_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<FileLookup, StoreError>> {
+        Box::pin(self.get_file_impl(key, now, dest_dir))
     }
 
     fn put_named(

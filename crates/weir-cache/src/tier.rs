@@ -202,6 +202,28 @@ impl ResultStore for Tiered {
         self.remote.release(lease)
     }
 
+    fn put_file(
+        &self,
+        meta: EntryMeta,
+        src: std::path::PathBuf,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
+        self.remote.put_file(meta, src, mode)
+    }
+
+    fn get_file<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        now: i64,
+        _dest_dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<crate::store::FileLookup, StoreError>> {
+        // Downloaded files live in the local tier, so a repeated hit is a local read.
+        Box::pin(async move {
+            let dir = self.local_folder.root().join("files");
+            self.remote.get_file(key, now, &dir).await
+        })
+    }
+
     fn get_named<'a>(&'a self, name: &'a str, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>> {
         self.remote.get_named(name, now)
     }

@@ -316,3 +316,57 @@ fn gc_while_a_flow_writes_loses_nothing_live() {
     let again = ok(probe(home.path()).args(["many", "300"]).output().unwrap());
     assert_eq!(again, "0 computed 300 cached");
 }
+
+// ---------- large results ----------
+
+/// Runs `cache_probe file BYTES` and returns (hit/miss, bytes read back, peak RSS KiB).
+fn file_run(cmd: &mut Command, bytes: u64, dir: &Path) -> (String, u64, u64) {
+    let out = ok(cmd
+        .args(["file", &bytes.to_string(), &dir.display().to_string()])
+        .output()
+        .unwrap());
+    let parts: Vec<&str> = out.split_whitespace().collect();
+    (
+        parts[0].to_string(),
+        parts[1].parse().unwrap(),
+        parts[3].parse().unwrap(),
+    )
+}
+
+#[test]
+fn a_2_gib_file_result_is_written_and_read_with_bounded_memory() {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (_, _, baseline) = file_run(&mut probe(home.path()), 1024, work.path());
+    let big: u64 = 2 << 30;
+    let (first, len1, peak1) = file_run(&mut probe(home.path()), big, work.path());
+    std::fs::remove_file(work.path().join(format!("made-{big}"))).unwrap(); // the hit must not need it
+    let (second, len2, peak2) = file_run(&mut probe(home.path()), big, work.path());
+    assert_eq!((first.as_str(), second.as_str()), ("miss", "hit"));
+    assert_eq!((len1, len2), (big, big));
+    let extra_mib = (peak1.max(peak2).saturating_sub(baseline)) / 1024;
+    assert!(
+        extra_mib <= 64,
+        "peak memory grew by {extra_mib} MiB for a 2 GiB result"
+    );
+}
+
+#[test]
+fn a_large_file_result_goes_to_s3_in_parts_and_comes_back_through_the_local_tier() {
+    let server = S3sServer::start(&["results"]).unwrap();
+    let url = server.url("results", "files");
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let work = tempfile::tempdir().unwrap();
+    let size: u64 = 200 << 20; // 25 parts of 8 MiB
+    let (_, _, baseline) = file_run(&mut probe_s3(a.path(), &url), 1024, work.path());
+    let (first, _, peak1) = file_run(&mut probe_s3(a.path(), &url), size, work.path());
+    std::fs::remove_file(work.path().join(format!("made-{size}"))).unwrap();
+    let (second, len, peak2) = file_run(&mut probe_s3(b.path(), &url), size, work.path());
+    assert_eq!((first.as_str(), second.as_str(), len), ("miss", "hit", size));
+    let extra_mib = (peak1.max(peak2).saturating_sub(baseline)) / 1024;
+    assert!(extra_mib <= 64, "peak memory grew by {extra_mib} MiB");
+    // The second machine downloaded it once into its local tier.
+    let local = files_in(&b.path().join("local-cache/files"));
+    assert_eq!(local.len(), 1, "{local:?}");
+    assert_eq!(std::fs::metadata(&local[0]).unwrap().len(), size);
+}

@@ -62,6 +62,10 @@ pub(crate) struct Codec<T> {
     pub key: Result<KeyMaterial, KeyError>,
     pub encode: fn(&T, Format) -> Result<Vec<u8>, weir_cache::format::FormatError>,
     pub decode: fn(&[u8], Format) -> Result<T, weir_cache::format::FormatError>,
+    /// For `Artifact` outputs: the file to stream into the store…
+    pub as_file: fn(&T) -> Option<std::path::PathBuf>,
+    /// …and the output made from a stored file. `None` for other outputs.
+    pub from_file: Option<fn(std::path::PathBuf) -> Option<T>>,
 }
 
 /// The outcome of looking a key up.
@@ -71,12 +75,51 @@ pub(crate) enum Found<T> {
     Compute(PutMode),
 }
 
+async fn lookup_file<T>(
+    store: &Arc<dyn ResultStore>,
+    key: &CacheKey,
+    from_file: fn(std::path::PathBuf) -> Option<T>,
+    spec: &TaskSpec,
+) -> Found<T> {
+    let dir = crate::engine::get().settings.artifacts_dir.clone();
+    let store = store.clone();
+    let key = *key;
+    // Verifying a large file's hash takes a while: off the async workers.
+    let found = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Handle::current().block_on(store.get_file(&key, weir_types::time::now_micros(), &dir))
+    })
+    .await;
+    match found {
+        Ok(Ok(weir_cache::FileLookup::Hit { path, .. })) => match from_file(path) {
+            Some(v) => Found::Value(v),
+            None => Found::Compute(PutMode::Replace),
+        },
+        Ok(Ok(weir_cache::FileLookup::Miss)) => Found::Compute(PutMode::IfAbsent),
+        Ok(Ok(weir_cache::FileLookup::Expired { .. })) => Found::Compute(PutMode::Replace),
+        Ok(Ok(weir_cache::FileLookup::Corrupt { reason })) => {
+            tracing::warn!(target: "weir::cache", "cached file of {} is damaged ({reason}); recomputing", spec.name);
+            Found::Compute(PutMode::Replace)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target: "weir::cache", "result store unavailable ({e}); computing {} without the cache", spec.name);
+            Found::Compute(PutMode::IfAbsent)
+        }
+        Err(e) => {
+            tracing::warn!(target: "weir::cache", "cache lookup of {} failed ({e})", spec.name);
+            Found::Compute(PutMode::IfAbsent)
+        }
+    }
+}
+
 pub(crate) async fn lookup<T>(
     store: &Arc<dyn ResultStore>,
     key: &CacheKey,
     codec: &Codec<T>,
     spec: &TaskSpec,
 ) -> Found<T> {
+    if let Some(from_file) = codec.from_file {
+        return lookup_file(store, key, from_file, spec).await;
+    }
     match store.get(key, weir_types::time::now_micros()).await {
         Ok(Lookup::Hit { meta, bytes }) => {
             match Format::from_name(&meta.serializer).and_then(|f| (codec.decode)(&bytes, f)) {
@@ -221,6 +264,23 @@ pub(crate) async fn publish<T>(
     format: Format,
     mode: PutMode,
 ) -> T {
+    if codec.from_file.is_some() {
+        let Some(src) = (codec.as_file)(&value) else {
+            return value;
+        };
+        let task = meta.task.clone();
+        let write_store = store.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(write_store.put_file(meta, src, mode))
+        })
+        .await;
+        match outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(target: "weir::cache", "could not store the file result of {task} ({e})"),
+            Err(e) => tracing::warn!(target: "weir::cache", "could not store the file result of {task} ({e})"),
+        }
+        return value;
+    }
     let bytes = match (codec.encode)(&value, format) {
         Ok(b) => b,
         Err(e) => {

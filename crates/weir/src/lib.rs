@@ -67,6 +67,7 @@
 //!
 //! From the environment (see [`Settings::from_env`]) or once with [`configure`].
 
+mod artifact;
 mod cache;
 mod console;
 mod context;
@@ -78,6 +79,7 @@ mod settings;
 mod task;
 pub mod testing;
 
+pub use artifact::Artifact;
 pub use cache::{KeyError, KeyMaterial, OnDuplicate};
 pub use flow::{FlowCall, FlowError, FlowSpec, RunReport};
 pub use map::{DEFAULT_MAP_LIMIT, MapCall, MapExt, all};

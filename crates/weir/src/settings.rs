@@ -27,6 +27,9 @@ pub struct Settings {
     pub local_cache: Option<(PathBuf, u64)>,
     /// Compress stored results (`WEIR_COMPRESSION=zstd`); tasks can override.
     pub compression: bool,
+    /// Where file results downloaded from object storage go when there is no local tier
+    /// (`$WEIR_HOME/artifacts`).
+    pub artifacts_dir: PathBuf,
     /// How long a lease on a key being computed lasts without renewal
     /// (`WEIR_LEASE_TTL`, default `30s`; renewed every third of it while computing).
     pub lease_ttl: Duration,
@@ -62,6 +65,7 @@ impl Settings {
             .and_then(|s| weir_types::duration::parse(&s).ok())
             .unwrap_or(Duration::from_secs(30));
         Settings {
+            artifacts_dir: paths.home.join("artifacts"),
             results: results.location,
             local_cache: results.local_cache,
             compression: std::env::var("WEIR_COMPRESSION").map(|v| v == "zstd").unwrap_or(false),

@@ -200,10 +200,26 @@ impl<T: Send + 'static> TaskCall<T> {
     {
         let mut call = Self::__new(spec, attempt);
         if let Some(parts) = &mut call.parts {
+            let is_file = std::any::TypeId::of::<T>() == std::any::TypeId::of::<crate::Artifact>();
             parts.codec = Some(Codec {
                 key,
                 encode: |v, f| f.encode(v),
                 decode: |b, f| f.decode(b),
+                as_file: |v| {
+                    (v as &dyn std::any::Any)
+                        .downcast_ref::<crate::Artifact>()
+                        .map(|a| a.path().to_path_buf())
+                },
+                from_file: if is_file {
+                    Some(|path| {
+                        (Box::new(crate::Artifact::from_path(path)) as Box<dyn std::any::Any>)
+                            .downcast::<T>()
+                            .ok()
+                            .map(|b| *b)
+                    })
+                } else {
+                    None
+                },
             });
         }
         call

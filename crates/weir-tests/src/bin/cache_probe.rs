@@ -46,6 +46,58 @@ async fn big(bytes: usize) -> anyhow::Result<String> {
     Ok("x".repeat(bytes))
 }
 
+/// Writes `bytes` bytes of a pattern to a file, in chunks (never all in memory).
+#[weir::task(cache = "inputs")]
+fn make_file(bytes: u64, dir: String) -> anyhow::Result<weir::Artifact> {
+    eprintln!("computing file");
+    let path = std::path::Path::new(&dir).join(format!("made-{bytes}"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    let chunk: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(weir::Artifact::from_path(path))
+}
+
+#[weir::flow]
+async fn probe_file(bytes: u64, dir: String) -> anyhow::Result<String> {
+    let file = make_file(bytes, dir).await?;
+    // Read it back in 1 MiB chunks (the pattern's period), comparing whole slices.
+    let pattern: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let mut r = file.open()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = std::io::Read::read(&mut r, &mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        anyhow::ensure!(buf[..filled] == pattern[..filled], "wrong bytes after offset {total}");
+        total += filled as u64;
+    }
+    Ok(format!("{total} {}", file.path().display()))
+}
+
+/// Peak resident memory of this process, in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
 #[weir::flow]
 async fn probe(n: u64) -> anyhow::Result<u64> {
     Ok(expensive(n).await?)
@@ -90,6 +142,15 @@ async fn main() -> anyhow::Result<()> {
             let (r, report) = many(n.parse()?).with_report().await;
             r?;
             println!("{} computed {} cached", report.completed, report.cached);
+        }
+        ["file", bytes, dir] => {
+            let (r, report) = probe_file(bytes.parse()?, dir.to_string()).with_report().await;
+            let out = r?;
+            println!(
+                "{} {out} {}",
+                if report.cached > 0 { "hit" } else { "miss" },
+                peak_rss_kib()
+            );
         }
         ["big", bytes] => {
             let len = probe_big(bytes.parse()?).await?;
