@@ -102,6 +102,11 @@ impl FolderBackend {
         if self.fsync {
             tmp.as_file().sync_all().map_err(|e| self.err("fsync", tmp.path(), e))?;
         }
+        // Hits hand this very file to tasks: read-only, so nobody edits a stored result by
+        // accident.
+        let mut perms = tmp.as_file().metadata().map_err(|e| self.err("stat", tmp.path(), e))?.permissions();
+        perms.set_readonly(true);
+        tmp.as_file().set_permissions(perms).map_err(|e| self.err("chmod", tmp.path(), e))?;
         match mode {
             WriteMode::IfAbsent => match fs::hard_link(tmp.path(), &dest) {
                 Ok(()) => Ok(Written::Created),

@@ -487,7 +487,7 @@ impl Store {
         }
         let bpath = blob_path(&meta.blob);
         let verify = |p: &Path| -> Result<bool, StoreError> {
-            match crate::stream::hash_file(p) {
+            match crate::stream::hash_immutable_file(p) {
                 Ok((h, _)) => Ok(h == meta.blob),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
                 Err(e) => Err(StoreError::Config(format!("cannot read {}: {e}", p.display()))),

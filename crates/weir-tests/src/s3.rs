@@ -75,6 +75,8 @@ impl S3sServer {
                     tokio::select! {
                         accepted = listener.accept() => {
                             let Ok((socket, _)) = accepted else { continue };
+                            // Small responses otherwise wait out delayed ACKs (~40 ms each).
+                            let _ = socket.set_nodelay(true);
                             let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
                             tokio::spawn(async move { let _ = conn.await; });
                         }

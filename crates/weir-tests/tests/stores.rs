@@ -149,3 +149,44 @@ async fn fuse_mounted_folder() {
     store_suite::all(&folder_store(fuse.mount.path())).await;
     store_suite::races(Arc::new(folder_store(fuse.mount.path()))).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_tier_serves_repeated_hits_and_evicts_least_recently_used() {
+    use std::sync::atomic::Ordering;
+    use weir_cache::ResultStore;
+    use weir_cache::tier::Tiered;
+
+    set_credentials();
+    let server = S3sServer::start(&["weir"]).unwrap();
+    let remote: Arc<dyn ResultStore> = Arc::new(url_store(&server.url("weir", "tier")));
+    let local_dir = tempfile::tempdir().unwrap();
+    // Room for about three 1 KiB results.
+    let tier = Tiered::new(FolderBackend::open(local_dir.path()).unwrap(), remote.clone(), 3 * 1024 + 512);
+    let keys: Vec<_> = (0..5).map(|i| store_suite::key("tier", i)).collect();
+    for (i, k) in keys.iter().enumerate() {
+        // Written by "another machine": straight to the remote store.
+        remote
+            .put(store_suite::meta(k), vec![i as u8; 1024], weir_cache::PutMode::IfAbsent)
+            .await
+            .unwrap();
+    }
+    let hit = |l: weir_cache::Lookup| matches!(l, weir_cache::Lookup::Hit { .. });
+    // First hits come from S3 and fill the local tier; repeated hits are local.
+    for k in &keys[..3] {
+        assert!(hit(tier.get(k, 0).await.unwrap()));
+    }
+    assert_eq!(tier.counters.remote_hits.load(Ordering::Relaxed), 3);
+    assert!(hit(tier.get(&keys[0], 0).await.unwrap()));
+    assert_eq!(tier.counters.local_hits.load(Ordering::Relaxed), 1, "served locally");
+    // Keys 3 and 4 overflow the cap: the least recently used go (keys 1 and 2; key 0 was
+    // just used).
+    assert!(hit(tier.get(&keys[3], 0).await.unwrap()));
+    assert!(hit(tier.get(&keys[4], 0).await.unwrap()));
+    assert!(tier.counters.evictions.load(Ordering::Relaxed) >= 1);
+    let local = tier.local();
+    assert!(hit(local.get(&keys[0], 0).await.unwrap()), "recently used entry kept");
+    assert!(!hit(local.get(&keys[1], 0).await.unwrap()), "least recently used entry evicted");
+    assert!(!hit(local.get(&keys[2], 0).await.unwrap()), "least recently used entry evicted");
+    // An evicted entry is still a hit, through the remote store.
+    assert!(hit(tier.get(&keys[1], 0).await.unwrap()));
+}
