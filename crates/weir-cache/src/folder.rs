@@ -104,9 +104,15 @@ impl FolderBackend {
         }
         // Hits hand this very file to tasks: read-only, so nobody edits a stored result by
         // accident.
-        let mut perms = tmp.as_file().metadata().map_err(|e| self.err("stat", tmp.path(), e))?.permissions();
+        let mut perms = tmp
+            .as_file()
+            .metadata()
+            .map_err(|e| self.err("stat", tmp.path(), e))?
+            .permissions();
         perms.set_readonly(true);
-        tmp.as_file().set_permissions(perms).map_err(|e| self.err("chmod", tmp.path(), e))?;
+        tmp.as_file()
+            .set_permissions(perms)
+            .map_err(|e| self.err("chmod", tmp.path(), e))?;
         match mode {
             WriteMode::IfAbsent => match fs::hard_link(tmp.path(), &dest) {
                 Ok(()) => Ok(Written::Created),

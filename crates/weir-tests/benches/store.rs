@@ -30,7 +30,11 @@ fn now_us() -> i64 {
 async fn fill(store: &dyn ResultStore, salt: &str) {
     for i in 0..KEYS {
         store
-            .put(meta(&key(salt, i)), format!("{{\"value\":{i}}}").into_bytes(), PutMode::IfAbsent)
+            .put(
+                meta(&key(salt, i)),
+                format!("{{\"value\":{i}}}").into_bytes(),
+                PutMode::IfAbsent,
+            )
             .await
             .expect("put");
     }
@@ -76,11 +80,18 @@ fn mib_s(bytes: u64, d: Duration) -> f64 {
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let reps = if quick { 3 } else { 7 };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into())).expect("temp dir");
     rt.block_on(async {
         // Folder.
-        let folder = Store::new(Arc::new(FolderBackend::open(dir.path().join("folder")).expect("folder").without_fsync()));
+        let folder = Store::new(Arc::new(
+            FolderBackend::open(dir.path().join("folder"))
+                .expect("folder")
+                .without_fsync(),
+        ));
         fill(&folder, "bench").await;
         let folder_hit = hit_latency(&folder, "bench", reps).await;
 
@@ -93,17 +104,24 @@ fn main() {
             .endpoint(&server.endpoint())
             .access_key_id(ACCESS_KEY)
             .secret_access_key(SECRET_KEY);
-        let s3: Arc<dyn ResultStore> =
-            Arc::new(Store::new(Arc::new(ObjectBackend::new(opendal::Operator::new(b).expect("op"), "s3://bench/r"))));
+        let s3: Arc<dyn ResultStore> = Arc::new(Store::new(Arc::new(ObjectBackend::new(
+            opendal::Operator::new(b).expect("op"),
+            "s3://bench/r",
+        ))));
         fill(s3.as_ref(), "bench").await;
         let tier = Tiered::new(
-            FolderBackend::open(dir.path().join("tier")).expect("tier").without_fsync(),
+            FolderBackend::open(dir.path().join("tier"))
+                .expect("tier")
+                .without_fsync(),
             s3.clone(),
             10 << 30,
         );
         let start = Instant::now();
         for i in 0..KEYS {
-            assert!(matches!(tier.get(&key("bench", i), 0).await.expect("get"), Lookup::Hit { .. }));
+            assert!(matches!(
+                tier.get(&key("bench", i), 0).await.expect("get"),
+                Lookup::Hit { .. }
+            ));
         }
         let first_from_s3 = start.elapsed().as_secs_f64() * 1e6 / KEYS as f64;
         let tier_hit = hit_latency(&tier, "bench", reps).await;
@@ -112,7 +130,10 @@ fn main() {
         println!("| store operation (median per key, {KEYS} keys) | time | target |");
         println!("|---|---|---|");
         println!("| hit, folder (`file://`) | {folder_hit:.1} µs | ≤ 30 µs |");
-        println!("| hit through the local tier in front of S3 | {tier_hit:.1} µs ({:.2}× folder) | ≤ 2× folder |", tier_hit / folder_hit);
+        println!(
+            "| hit through the local tier in front of S3 | {tier_hit:.1} µs ({:.2}× folder) | ≤ 2× folder |",
+            tier_hit / folder_hit
+        );
         println!("| first hit from S3 on loopback (fetch + fill local tier) | {first_from_s3:.0} µs | report |");
         println!("| hit from S3 without a local tier | {s3_direct:.0} µs | report |");
         drop(server);
@@ -121,7 +142,13 @@ fn main() {
         let gib: u64 = 1 << 30;
         let src = dir.path().join("src.bin");
         let before = peak_rss_mib();
-        dd(&["if=/dev/urandom", &format!("of={}", src.display()), "bs=8M", "count=128", "status=none"]);
+        dd(&[
+            "if=/dev/urandom",
+            &format!("of={}", src.display()),
+            "bs=8M",
+            "count=128",
+            "status=none",
+        ]);
         let dd_write = dd(&[
             "if=/dev/zero",
             &format!("of={}", dir.path().join("dd.bin").display()),
@@ -134,7 +161,10 @@ fn main() {
         let store = Store::new(Arc::new(FolderBackend::open(dir.path().join("files")).expect("files")));
         let k = key("file", 1);
         let start = Instant::now();
-        store.put_file(meta(&k), src.clone(), PutMode::IfAbsent).await.expect("put_file");
+        store
+            .put_file(meta(&k), src.clone(), PutMode::IfAbsent)
+            .await
+            .expect("put_file");
         let put = start.elapsed();
         let start = Instant::now();
         match store.get_file(&k, now_us(), dir.path()).await.expect("get_file") {

@@ -161,7 +161,11 @@ async fn the_local_tier_serves_repeated_hits_and_evicts_least_recently_used() {
     let remote: Arc<dyn ResultStore> = Arc::new(url_store(&server.url("weir", "tier")));
     let local_dir = tempfile::tempdir().unwrap();
     // Room for about three 1 KiB results.
-    let tier = Tiered::new(FolderBackend::open(local_dir.path()).unwrap(), remote.clone(), 3 * 1024 + 512);
+    let tier = Tiered::new(
+        FolderBackend::open(local_dir.path()).unwrap(),
+        remote.clone(),
+        3 * 1024 + 512,
+    );
     let keys: Vec<_> = (0..5).map(|i| store_suite::key("tier", i)).collect();
     for (i, k) in keys.iter().enumerate() {
         // Written by "another machine": straight to the remote store.
@@ -185,8 +189,14 @@ async fn the_local_tier_serves_repeated_hits_and_evicts_least_recently_used() {
     assert!(tier.counters.evictions.load(Ordering::Relaxed) >= 1);
     let local = tier.local();
     assert!(hit(local.get(&keys[0], 0).await.unwrap()), "recently used entry kept");
-    assert!(!hit(local.get(&keys[1], 0).await.unwrap()), "least recently used entry evicted");
-    assert!(!hit(local.get(&keys[2], 0).await.unwrap()), "least recently used entry evicted");
+    assert!(
+        !hit(local.get(&keys[1], 0).await.unwrap()),
+        "least recently used entry evicted"
+    );
+    assert!(
+        !hit(local.get(&keys[2], 0).await.unwrap()),
+        "least recently used entry evicted"
+    );
     // An evicted entry is still a hit, through the remote store.
     assert!(hit(tier.get(&keys[1], 0).await.unwrap()));
 }
