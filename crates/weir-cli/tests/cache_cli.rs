@@ -89,6 +89,7 @@ async fn setup(home: &Path, second_source: &str, second_inputs: &[(&str, &str)])
         error: None,
         hostname: "h".into(),
         pid: 1,
+        tags: vec![],
     }));
     for (status, key) in [(CacheStatus::Hit, k1.clone()), (CacheStatus::Miss, k2.clone())] {
         writer.send(Event::TaskRun(TaskRunRecord {

@@ -38,6 +38,7 @@ fn record(home: &Path) -> (FlowRunId, TaskRunId) {
         error: None,
         hostname: "elsewhere".into(),
         pid: 1,
+        tags: vec![],
     }));
     writer.send(Event::TaskRun(TaskRunRecord {
         id: task,
@@ -163,6 +164,7 @@ fn a_run_left_running_by_a_dead_process_shows_as_crashed() {
         error: None,
         hostname: host,
         pid,
+        tags: vec![],
     }));
     futures::executor::block_on(writer.flush()).unwrap();
     let show = stdout(&weir(home.path(), &["runs", "show", &flow.short()]));

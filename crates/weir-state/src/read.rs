@@ -62,6 +62,7 @@ fn flow_run(row: &Row<'_>) -> rusqlite::Result<FlowRunRecord> {
         error: row.get(10)?,
         hostname: row.get(11)?,
         pid: row.get(12)?,
+        tags: Vec::new(),
     })
 }
 

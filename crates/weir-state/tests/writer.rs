@@ -18,6 +18,7 @@ fn flow(id: FlowRunId, name: &str, state: State) -> FlowRunRecord {
         error: None,
         hostname: "h".into(),
         pid: 1,
+        tags: vec![],
     }
 }
 

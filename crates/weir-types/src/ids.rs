@@ -9,8 +9,9 @@ use uuid::Uuid;
 macro_rules! run_id {
     ($name:ident, $what:literal) => {
         #[doc = concat!("The id of a ", $what, ".")]
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(transparent)]
+        #[schema(value_type = String, format = Uuid)]
         pub struct $name(pub Uuid);
 
         impl $name {

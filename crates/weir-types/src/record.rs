@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{FlowRunId, State, TaskRunId};
 
 /// What the result cache did for one task run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheStatus {
     /// The task is not cached.
@@ -41,7 +41,7 @@ impl CacheStatus {
 }
 
 /// One flow run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FlowRunRecord {
     pub id: FlowRunId,
     pub flow_name: String,
@@ -59,10 +59,13 @@ pub struct FlowRunRecord {
     pub error: Option<String>,
     pub hostname: String,
     pub pid: u32,
+    /// Labels for filtering (`tag=nightly`).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// One task run: one call of a task inside a flow.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskRunRecord {
     pub id: TaskRunId,
     pub flow_run_id: Option<FlowRunId>,
@@ -86,7 +89,7 @@ pub struct TaskRunRecord {
 }
 
 /// One state a task run went through.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StateEntry {
     pub state: State,
     pub at: i64,
@@ -95,7 +98,7 @@ pub struct StateEntry {
 }
 
 /// One entry of a run's state history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StateRecord {
     pub flow_run_id: Option<FlowRunId>,
     pub task_run_id: Option<TaskRunId>,
@@ -105,7 +108,7 @@ pub struct StateRecord {
 }
 
 /// One log line emitted inside a flow or task run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogRecord {
     pub flow_run_id: Option<FlowRunId>,
     pub task_run_id: Option<TaskRunId>,

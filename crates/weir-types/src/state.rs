@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// `Pending → Running → Completed` is the happy path; `Cached` replaces running when the
 /// result store already holds the result; `Retrying` sits between failed attempts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum State {
     Pending,
     Running,

@@ -218,6 +218,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
             error: None,
             hostname: engine.hostname.clone(),
             pid: engine.pid,
+            tags: Vec::new(),
         },
         done: false,
     };

@@ -1,0 +1,470 @@
+//! The API against real databases: the same suite on SQLite and on PostgreSQL (a throwaway
+//! cluster made in a temp dir with the machine's PostgreSQL 15 binaries).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use weir_types::{FlowRunId, TaskRunId};
+
+/// A throwaway PostgreSQL cluster on loopback, removed when dropped.
+struct Pg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Pg {
+    fn start() -> Option<Pg> {
+        let bin =
+            PathBuf::from(std::env::var("WEIR_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()));
+        if !bin.join("initdb").exists() {
+            assert!(
+                std::env::var("WEIR_TEST_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "WEIR_TEST_REQUIRE_POSTGRES=1 but {} has no initdb",
+                bin.display()
+            );
+            eprintln!(
+                "skipping PostgreSQL: no binaries in {} (scripts/test.sh installs them)",
+                bin.display()
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // PostgreSQL refuses to run as root: run it as the postgres user when we are root.
+        let as_pg = |args: &[&str]| {
+            let mut c = if unsafe_is_root() {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]);
+                c
+            } else {
+                Command::new(args[0]);
+                Command::new("env")
+            };
+            c.args(args);
+            c
+        };
+        if unsafe_is_root() {
+            Command::new("chown")
+                .args(["postgres:postgres", &dir.path().display().to_string()])
+                .status()
+                .unwrap();
+        }
+        let data = dir.path().join("data");
+        let initdb = bin.join("initdb");
+        let ok = as_pg(&[
+            initdb.to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        ])
+        .output()
+        .unwrap();
+        assert!(ok.status.success(), "initdb: {}", String::from_utf8_lossy(&ok.stderr));
+        let pg_ctl = bin.join("pg_ctl");
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off",
+            dir.path().display()
+        );
+        let log = dir.path().join("pg.log");
+        let ok = as_pg(&[
+            pg_ctl.to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-t",
+            "30",
+            "-o",
+            &opts,
+            "start",
+        ])
+        .output()
+        .unwrap();
+        assert!(
+            ok.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        Some(Pg { dir, bin, port })
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.dir.path().join("data");
+        let mut c = if unsafe_is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]);
+            c.arg(&pg_ctl);
+            c
+        } else {
+            Command::new(&pg_ctl)
+        };
+        let _ = c
+            .args(["-D", data.to_str().unwrap_or(""), "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+/// The server on 127.0.0.1:0, in this process.
+async fn start(db_url: &str, key: Option<&str>) -> String {
+    let db = weir_server::Db::connect(db_url).await.unwrap();
+    let app = weir_server::app(db, key.map(str::to_string));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/api/v1")
+}
+
+fn flow(id: FlowRunId, name: &str, state: &str, created: i64, tags: &[&str]) -> Value {
+    json!({
+        "id": id, "flow_name": name, "flow_path": format!("app::{name}"), "parent_flow_run_id": null,
+        "parent_task_run_id": null, "state": state, "parameters": {"day": "2026-11-22"}, "created_at": created,
+        "started_at": created, "ended_at": null, "error": null, "hostname": "h", "pid": 7, "tags": tags
+    })
+}
+
+fn task(id: TaskRunId, flow: FlowRunId, state: &str) -> Value {
+    json!({
+        "id": id, "flow_run_id": flow, "task_name": "load", "task_path": "app::load", "state": state,
+        "attempt": 1, "cache_status": "miss", "cache_key": "ab", "created_at": 5, "started_at": 5,
+        "ended_at": null, "error": null, "history": [{"state": state, "at": 5}]
+    })
+}
+
+async fn post(c: &reqwest::Client, url: String, body: Value) -> (StatusCode, Value) {
+    let r = c.post(url).json(&body).send().await.unwrap();
+    let s = r.status();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(c: &reqwest::Client, url: String) -> (StatusCode, Value) {
+    let r = c.get(url).send().await.unwrap();
+    let s = r.status();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn suite(base: &str) {
+    let c = reqwest::Client::new();
+    let f = FlowRunId::new();
+    let t = TaskRunId::new();
+    let log = json!({"kind": "log", "record": {"flow_run_id": f, "task_run_id": t, "at": 6, "level": "INFO",
+        "target": "app", "message": "it's 'quoted'; DROP TABLE logs; --"}});
+    let batch = json!({"events": [
+        {"kind": "flow_run", "record": flow(f, "etl", "Pending", 1, &["nightly"])},
+        {"kind": "flow_run", "record": flow(f, "etl", "Running", 1, &["nightly"])},
+        {"kind": "task_run", "record": task(t, f, "Running")},
+        {"kind": "task_run", "record": task(t, f, "Completed")},
+        log,
+        {"kind": "flow_run", "record": flow(f, "etl", "Completed", 1, &["nightly"])},
+    ]});
+    let (s, r) = post(&c, format!("{base}/events"), batch.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["accepted"], 6);
+    // A client retrying after a lost response duplicates nothing.
+    let (_, r) = post(&c, format!("{base}/events"), batch).await;
+    let rejected: Vec<u64> = r["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![0, 1, 2],
+        "stale Pending/Running snapshots of finished runs: {r}"
+    );
+    let (_, logs) = get(&c, format!("{base}/flow_runs/{f}/logs")).await;
+    assert_eq!(logs["items"].as_array().unwrap().len(), 1, "{logs}");
+    assert_eq!(logs["items"][0]["message"], "it's 'quoted'; DROP TABLE logs; --");
+    let (_, states) = get(&c, format!("{base}/flow_runs/{f}/states")).await;
+    let names: Vec<&str> = states
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.iter().filter(|s| **s == "Completed").count(), 1, "{states}");
+
+    // Orchestration rules: a Completed run cannot run again; proposing its own state is a no-op.
+    let (s, e) = post(&c, format!("{base}/flow_runs/{f}/state"), json!({"state": "Running"})).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(e["error"]["code"], "conflict");
+    let (s, _) = post(&c, format!("{base}/flow_runs/{f}/state"), json!({"state": "Completed"})).await;
+    assert_eq!(s, StatusCode::OK);
+    let g = FlowRunId::new();
+    post(&c, format!("{base}/flow_runs"), flow(g, "etl", "Running", 2, &[])).await;
+    let (s, _) = post(
+        &c,
+        format!("{base}/flow_runs/{g}/state"),
+        json!({"state": "Cancelled", "message": "by hand"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = post(&c, format!("{base}/flow_runs/{g}/state"), json!({"state": "Running"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "a Cancelled run stays cancelled");
+
+    // Reads, filters, 404s.
+    let (s, run) = get(&c, format!("{base}/flow_runs/{f}")).await;
+    assert_eq!((s, run["state"].as_str()), (StatusCode::OK, Some("Completed")));
+    assert_eq!(run["tags"], json!(["nightly"]));
+    let (s, e) = get(&c, format!("{base}/flow_runs/{}", FlowRunId::new())).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (s, e) = get(&c, format!("{base}/flow_runs/not-an-id")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (_, tasks) = get(&c, format!("{base}/task_runs?flow_run_id={f}")).await;
+    assert_eq!(tasks["items"][0]["state"], "Completed");
+    let (_, tagged) = get(&c, format!("{base}/flow_runs?tag=nightly")).await;
+    assert_eq!(tagged["items"].as_array().unwrap().len(), 1);
+    let (_, cancelled) = get(&c, format!("{base}/flow_runs?state=Cancelled")).await;
+    assert_eq!(cancelled["items"][0]["id"], json!(g));
+    let (s, e) = get(&c, format!("{base}/flow_runs?state=Done")).await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("state"))
+    );
+
+    // Cursor pagination over many runs: every run exactly once, newest first.
+    let mut events = Vec::new();
+    for i in 0..120 {
+        events.push(json!({"kind": "flow_run", "record": flow(FlowRunId::new(), "paged", "Completed", 1000 + i, &[])}));
+    }
+    post(&c, format!("{base}/events"), json!({ "events": events })).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/flow_runs?flow=paged&limit=50");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let (_, page) = get(&c, url).await;
+        for r in page["items"].as_array().unwrap() {
+            seen.push(r["created_at"].as_i64().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(n) => cursor = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 120);
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first, no repeats");
+    let (_, window) = get(
+        &c,
+        format!("{base}/flow_runs?flow=paged&created_after=1100&created_before=1110"),
+    )
+    .await;
+    assert_eq!(window["items"].as_array().unwrap().len(), 10);
+
+    // Follow mode: a waiting reader gets a line as soon as it is written.
+    let follow = {
+        let c = c.clone();
+        let url = format!("{base}/flow_runs/{f}/logs?after={}&follow=30", logs["last_seq"]);
+        tokio::spawn(async move { get(&c, url).await })
+    };
+    let line = json!({"events": [{"kind": "log", "record": {"flow_run_id": f, "task_run_id": null, "at": 9,
+        "level": "WARN", "target": "app", "message": "late line"}}]});
+    let started = std::time::Instant::now();
+    loop {
+        // Post until the follower (which may not be waiting yet) has returned with it.
+        post(&c, format!("{base}/events"), line.clone()).await;
+        if follow.is_finished() || started.elapsed() > std::time::Duration::from_secs(20) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let (_, followed) = follow.await.unwrap();
+    assert_eq!(followed["items"][0]["message"], "late line", "{followed}");
+
+    // Bad input: clear 4xx, nothing stored, the server stays up.
+    let raw = |body: Vec<u8>| {
+        let c = c.clone();
+        let url = format!("{base}/events");
+        async move {
+            let r = c
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, e) = raw(b"{\"events\": [".to_vec()).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid"))
+    );
+    let (s, e) = raw(br#"{"events": [{"kind": "flow_run", "record": {"id": 5}}]}"#.to_vec()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        e["error"]["field"].as_str().unwrap_or("").starts_with("events[0]"),
+        "{e}"
+    );
+    let (s, e) = raw(br#"{"events": [], "extra": 1}"#.to_vec()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(e["error"]["message"].as_str().unwrap().contains("unknown field"), "{e}");
+    let (s, _) = raw(vec![b'{', 0xff, 0xfe, b'}']).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let mut huge = br#"{"events": [], "pad": ""#.to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 5 << 20));
+    huge.extend(br#""}"#);
+    // The server answers 413 as soon as it sees the length; a client still sending may see
+    // the connection close instead of reading that answer. Either way nothing is stored.
+    match c
+        .post(format!("{base}/events"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+    {
+        Ok(r) => {
+            assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "too_large");
+        }
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
+    let small_too_large = c
+        .post(format!("{base}/events"))
+        .header("content-type", "application/json")
+        .header("content-length", (5u64 << 20).to_string())
+        .body(vec![b' '; 16])
+        .send()
+        .await;
+    if let Ok(r) = small_too_large {
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let nul = flow(FlowRunId::new(), "bad\u{0}name", "Running", 3, &[]);
+    let (s, e) = post(&c, format!("{base}/flow_runs"), nul).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (_, all) = get(&c, format!("{base}/flows")).await;
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["etl", "paged"], "nothing from bad requests was stored");
+
+    // Variables.
+    let (s, _) = c
+        .put(format!("{base}/variables/bucket"))
+        .json(&json!({"value": {"name": "s3://x"}}))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = get(&c, format!("{base}/variables/bucket")).await;
+    assert_eq!(v["value"]["name"], "s3://x");
+    let (s, _) = get(&c, format!("{base}/variables/bad%20name")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let s = c
+        .delete(format!("{base}/variables/bucket"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = get(&c, format!("{base}/variables/bucket")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // The OpenAPI document describes these very routes.
+    let (_, doc) = get(&c, format!("{base}/openapi.json")).await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for p in [
+        "/events",
+        "/flow_runs",
+        "/flow_runs/{id}",
+        "/flow_runs/{id}/state",
+        "/flow_runs/{id}/logs",
+        "/task_runs",
+        "/variables/{name}",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} missing from the OpenAPI document");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    suite(&start(&url, None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_on_postgres() {
+    let Some(pg) = Pg::start() else { return };
+    suite(&start(&pg.url(), None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_is_required_when_set_and_compared_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    let base = start(&url, Some("s3cret-key")).await;
+    let c = reqwest::Client::new();
+    let s = c.get(format!("{base}/flows")).send().await.unwrap().status();
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let s = c
+        .get(format!("{base}/flows"))
+        .bearer_auth("s3cret-kez")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let s = c
+        .get(format!("{base}/flows"))
+        .bearer_auth("s3cret-key")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn refuses_a_public_address_without_a_key() {
+    let cfg = weir_server::ServerConfig {
+        database_url: "sqlite::memory:".into(),
+        api_key: None,
+    };
+    let err = weir_server::serve(cfg, "0.0.0.0:0".parse().unwrap(), false, |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refusing to listen on 0.0.0.0"), "{err}");
+}
