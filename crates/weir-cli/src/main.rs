@@ -2,6 +2,7 @@
 
 mod cache;
 mod runs;
+mod server;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,9 @@ enum Command {
     /// The result cache (WEIR_RESULTS): entries, provenance, garbage collection, why a task missed.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// The weir server: REST API over run metadata (SQLite or PostgreSQL).
+    #[command(subcommand)]
+    Server(server::ServerCommand),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Runs(cmd) => runs::run(cmd),
         Command::Cache(cmd) => cache::run(cmd),
+        Command::Server(cmd) => server::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

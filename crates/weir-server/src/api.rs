@@ -24,15 +24,7 @@ pub struct AppState {
     pub new_logs: Arc<Notify>,
 }
 
-/// One thing a client records: the same events the embedded recorder writes locally.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(tag = "kind", content = "record", rename_all = "snake_case")]
-pub enum Event {
-    FlowRun(FlowRunRecord),
-    TaskRun(TaskRunRecord),
-    State(StateRecord),
-    Log(LogRecord),
-}
+pub use weir_types::Event;
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -5,19 +5,11 @@ use std::thread;
 
 use futures_channel::oneshot;
 use rusqlite::{Transaction, params};
-use weir_types::{FlowRunId, FlowRunRecord, LogRecord, StateRecord, TaskRunId, TaskRunRecord};
+use weir_types::{FlowRunId, TaskRunId};
 
 use crate::db::{StateDb, StateError};
 
-/// Something to record. Run records are upserts (the latest snapshot wins); states and
-/// logs are appended.
-#[derive(Clone, Debug)]
-pub enum Event {
-    FlowRun(FlowRunRecord),
-    TaskRun(TaskRunRecord),
-    State(StateRecord),
-    Log(LogRecord),
-}
+pub use weir_types::Event;
 
 // Events dominate the channel; boxing them would cost an allocation each for nothing.
 #[allow(clippy::large_enum_variant)]

@@ -11,5 +11,5 @@ pub mod state;
 pub mod time;
 
 pub use ids::{FlowRunId, TaskRunId};
-pub use record::{CacheStatus, FlowRunRecord, LogRecord, StateEntry, StateRecord, TaskRunRecord};
+pub use record::{CacheStatus, Event, FlowRunRecord, LogRecord, StateEntry, StateRecord, TaskRunRecord};
 pub use state::State;

@@ -117,3 +117,15 @@ pub struct LogRecord {
     pub target: String,
     pub message: String,
 }
+
+/// Something to record about a run: what the engine sends to the embedded database or to
+/// the server. Run records are snapshots (the latest wins, unless the run already ended);
+/// states and logs are appended. On the wire: `{"kind": "flow_run", "record": {…}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", content = "record", rename_all = "snake_case")]
+pub enum Event {
+    FlowRun(FlowRunRecord),
+    TaskRun(TaskRunRecord),
+    State(StateRecord),
+    Log(LogRecord),
+}

@@ -72,9 +72,19 @@ pub(crate) fn get() -> &'static Engine {
                 None
             }
         };
-        let transport: Option<Box<dyn Transport>> = match &settings.state_db {
-            None => None,
-            Some(path) => match Writer::start(path) {
+        let remote = settings.api_url.as_deref().map(|url| {
+            weir_client::Client::new(url, settings.api_key.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|c| crate::remote::HttpTransport::start(c).map_err(|e| e.to_string()))
+        });
+        let transport: Option<Box<dyn Transport>> = match (remote, &settings.state_db) {
+            (Some(Ok(t)), _) => Some(Box::new(t)),
+            (Some(Err(e)), _) => {
+                console.line(&format!("weir: warning: runs will not be recorded on the server: {e}"));
+                None
+            }
+            (None, None) => None,
+            (None, Some(path)) => match Writer::start(path) {
                 Ok(w) => Some(Box::new(w)),
                 Err(e) => {
                     console.line(&format!("weir: warning: runs will not be recorded: {e}"));

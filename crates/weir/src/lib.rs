@@ -75,6 +75,7 @@ mod engine;
 mod flow;
 pub mod logging;
 mod map;
+mod remote;
 mod settings;
 mod task;
 pub mod testing;

@@ -41,6 +41,10 @@ pub struct Settings {
     pub log_filter: String,
     /// `WEIR_PROGRESS`: `auto`, `always` or `never`.
     pub progress: ProgressMode,
+    /// Report runs to this server instead of the embedded database (`WEIR_API_URL`).
+    pub api_url: Option<String>,
+    /// The server's API key (`WEIR_API_KEY`).
+    pub api_key: Option<String>,
     /// fsync results before publishing them (`WEIR_CACHE_FSYNC=0` turns it off).
     pub fsync: bool,
 }
@@ -77,6 +81,8 @@ impl Settings {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "info".into()),
             progress,
+            api_url: std::env::var("WEIR_API_URL").ok().filter(|s| !s.trim().is_empty()),
+            api_key: std::env::var("WEIR_API_KEY").ok().filter(|s| !s.is_empty()),
             fsync: std::env::var("WEIR_CACHE_FSYNC").map(|v| v != "0").unwrap_or(true),
         }
     }

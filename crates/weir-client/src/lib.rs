@@ -1,0 +1,205 @@
+//! A Rust client of the weir server's REST API (`/api/v1`), used by flows (to report
+//! runs), the CLI and tests.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), weir_client::ClientError> {
+//! let client = weir_client::Client::new("http://127.0.0.1:4200", None)?;
+//! let page = client.flow_runs(&[("state", "Failed")]).await?;
+//! for run in page.items {
+//!     println!("{} {}", run.id.short(), run.flow_name);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use weir_types::{Event, FlowRunId, FlowRunRecord, LogRecord, TaskRunRecord};
+
+/// The error body the server sends.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiErrorDetail {
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid server URL '{0}' (expected http://host:port)")]
+    Url(String),
+    #[error("the server answered {status}: {}", detail.message)]
+    Api { status: u16, detail: ApiErrorDetail },
+    #[error("could not reach the server at {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("unexpected answer from {url}: {message}")]
+    Decode { url: String, message: String },
+}
+
+impl ClientError {
+    /// Worth retrying later (the server or its database is unavailable).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// What the server did with a batch of events.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct BatchResult {
+    pub accepted: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Rejection {
+    pub index: usize,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct LogPage {
+    items: Vec<LogRecord>,
+}
+
+/// A connection to one server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+}
+
+impl Client {
+    /// `url` is the server's address (`http://127.0.0.1:4200`), with or without `/api/v1`.
+    pub fn new(url: &str, api_key: Option<String>) -> Result<Client, ClientError> {
+        let trimmed = url.trim().trim_end_matches('/');
+        if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
+            return Err(ClientError::Url(url.to_string()));
+        }
+        let base = if trimmed.ends_with("/api/v1") {
+            trimmed.to_string()
+        } else {
+            format!("{trimmed}/api/v1")
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|source| ClientError::Transport {
+                url: base.clone(),
+                source,
+            })?;
+        Ok(Client {
+            http,
+            base,
+            key: api_key.filter(|k| !k.is_empty()),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
+        let req = match &self.key {
+            Some(k) => req.bearer_auth(k),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+        if !status.is_success() {
+            #[derive(Deserialize)]
+            struct Wrapper {
+                error: ApiErrorDetail,
+            }
+            let detail = serde_json::from_slice::<Wrapper>(&body)
+                .map(|w| w.error)
+                .unwrap_or_else(|_| ApiErrorDetail {
+                    code: "unknown".into(),
+                    message: String::from_utf8_lossy(&body).chars().take(500).collect(),
+                    field: None,
+                });
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                detail,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            url: url.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Records events (run snapshots, states, logs). Retrying a batch is safe.
+    pub async fn post_events(&self, events: &[Event]) -> Result<BatchResult, ClientError> {
+        #[derive(Serialize)]
+        struct Batch<'a> {
+            events: &'a [Event],
+        }
+        let url = format!("{}/events", self.base);
+        self.send(self.http.post(&url).json(&Batch { events }), &url).await
+    }
+
+    /// Lists flow runs; `query` holds filters (`state`, `flow`, `tag`, `limit`, `cursor`…).
+    pub async fn flow_runs(&self, query: &[(&str, &str)]) -> Result<Page<FlowRunRecord>, ClientError> {
+        let url = format!("{}/flow_runs", self.base);
+        self.send(self.http.get(&url).query(query), &url).await
+    }
+
+    pub async fn flow_run(&self, id: FlowRunId) -> Result<FlowRunRecord, ClientError> {
+        let url = format!("{}/flow_runs/{id}", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// Every task run of a flow run.
+    pub async fn task_runs(&self, flow_run: FlowRunId) -> Result<Vec<TaskRunRecord>, ClientError> {
+        let url = format!("{}/task_runs", self.base);
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let id = flow_run.to_string();
+            let mut q = vec![("flow_run_id", id.as_str()), ("limit", "1000")];
+            if let Some(c) = &cursor {
+                q.push(("cursor", c.as_str()));
+            }
+            let page: Page<TaskRunRecord> = self.send(self.http.get(&url).query(&q), &url).await?;
+            out.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The log lines of a flow run, oldest first.
+    pub async fn logs(&self, flow_run: FlowRunId) -> Result<Vec<LogRecord>, ClientError> {
+        let url = format!("{}/flow_runs/{flow_run}/logs", self.base);
+        let page: LogPage = self.send(self.http.get(&url).query(&[("limit", "5000")]), &url).await?;
+        Ok(page.items)
+    }
+}
