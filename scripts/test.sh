@@ -4,7 +4,8 @@
 # What the tests need beyond cargo, installed and started here (loopback only):
 # - bindfs + fuse3 (Debian): a FUSE mount standing in for JuiceFS in the folder-backend suite;
 # - moto[server] (PyPI): an S3 server whose conditional writes are atomic, for the
-#   concurrency and lease tests (s3s-fs, which runs inside the tests, is not atomic there).
+#   concurrency and lease tests (s3s-fs, which runs inside the tests, is not atomic there);
+# - PostgreSQL 15 binaries (Debian): the server tests make a throwaway cluster in a temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,14 @@ if ! command -v bindfs >/dev/null || ! command -v fusermount3 >/dev/null; then
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 bindfs >/dev/null
 fi
+PG_BIN=${WEIR_TEST_PG_BIN:-/usr/lib/postgresql/15/bin}
+if [ ! -x "$PG_BIN/initdb" ]; then
+    need_root "postgresql-15"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
+fi
+export WEIR_TEST_PG_BIN="$PG_BIN" WEIR_TEST_REQUIRE_POSTGRES=1
+
 if ! command -v moto_server >/dev/null; then
     python3 -m pip install -q 'moto[server]' 2>&1 | grep -v "Running pip as the 'root' user" || true
 fi

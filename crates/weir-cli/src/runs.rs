@@ -43,6 +43,125 @@ pub enum RunsCommand {
     },
 }
 
+/// Where runs are read from: the server when `WEIR_API_URL` is set, else this machine's
+/// embedded database.
+enum Source {
+    Local(StateDb),
+    Remote(weir_client::Client, tokio::runtime::Runtime),
+}
+
+impl Source {
+    fn open() -> anyhow::Result<Source> {
+        match std::env::var("WEIR_API_URL").ok().filter(|s| !s.trim().is_empty()) {
+            Some(url) => {
+                let key = std::env::var("WEIR_API_KEY").ok();
+                let client = weir_client::Client::new(&url, key)?;
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                Ok(Source::Remote(client, rt))
+            }
+            None => Ok(Source::Local(open_db()?)),
+        }
+    }
+
+    fn list(&self, filter: &FlowRunFilter) -> anyhow::Result<Vec<FlowRunRecord>> {
+        match self {
+            Source::Local(db) => Ok(db.list_flow_runs(filter)?),
+            Source::Remote(c, rt) => {
+                let limit = if filter.limit == 0 { 500 } else { filter.limit.min(500) }.to_string();
+                let mut q = vec![("limit", limit.as_str())];
+                let state = filter.state.map(|s| s.as_str().to_string());
+                if let Some(s) = &state {
+                    q.push(("state", s));
+                }
+                if let Some(f) = &filter.flow_name {
+                    q.push(("flow", f));
+                }
+                Ok(rt.block_on(c.flow_runs(&q))?.items)
+            }
+        }
+    }
+
+    fn find(&self, wanted: &str) -> anyhow::Result<FlowRunRecord> {
+        match self {
+            Source::Local(db) => Ok(db.find_flow_run(wanted)?),
+            Source::Remote(c, rt) => {
+                if let Ok(id) = wanted.parse::<weir_types::FlowRunId>() {
+                    return Ok(rt.block_on(c.flow_run(id))?);
+                }
+                let hex: String = wanted
+                    .chars()
+                    .filter(|c| *c != '-')
+                    .collect::<String>()
+                    .to_ascii_lowercase();
+                if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    anyhow::bail!("'{wanted}' is not a run id (expected hex digits and dashes)");
+                }
+                let recent = rt.block_on(c.flow_runs(&[("limit", "500")]))?.items;
+                let found: Vec<_> = recent
+                    .into_iter()
+                    .filter(|r| {
+                        let s = r.id.0.simple().to_string();
+                        s.starts_with(&hex) || s.ends_with(&hex)
+                    })
+                    .collect();
+                match found.len() {
+                    0 => anyhow::bail!("no recent flow run matches '{wanted}' (list runs with `weir runs ls`)"),
+                    1 => Ok(found.into_iter().next().context("one run")?),
+                    n => anyhow::bail!("'{wanted}' matches {n} flow runs; give more digits"),
+                }
+            }
+        }
+    }
+
+    fn task_runs(&self, id: weir_types::FlowRunId) -> anyhow::Result<Vec<TaskRunRecord>> {
+        match self {
+            Source::Local(db) => Ok(db.task_runs(id)?),
+            Source::Remote(c, rt) => Ok(rt.block_on(c.task_runs(id))?),
+        }
+    }
+
+    fn subflows(&self, id: weir_types::FlowRunId) -> anyhow::Result<Vec<FlowRunRecord>> {
+        match self {
+            Source::Local(db) => Ok(db.subflow_runs(id)?),
+            Source::Remote(c, rt) => {
+                let parent = id.to_string();
+                let mut runs = rt
+                    .block_on(c.flow_runs(&[("parent", &parent), ("limit", "500")]))?
+                    .items;
+                runs.reverse();
+                Ok(runs)
+            }
+        }
+    }
+
+    fn states(&self, id: weir_types::FlowRunId) -> anyhow::Result<Vec<StateRecord>> {
+        match self {
+            Source::Local(db) => Ok(db.states(id)?),
+            Source::Remote(c, rt) => {
+                let mut all = rt.block_on(c.flow_run_states(id))?;
+                for t in rt.block_on(c.task_runs(id))? {
+                    all.extend(t.history.into_iter().map(|h| StateRecord {
+                        flow_run_id: Some(id),
+                        task_run_id: Some(t.id),
+                        state: h.state,
+                        at: h.at,
+                        message: h.message,
+                    }));
+                }
+                all.sort_by_key(|s| s.at);
+                Ok(all)
+            }
+        }
+    }
+
+    fn logs(&self, id: weir_types::FlowRunId) -> anyhow::Result<Vec<LogRecord>> {
+        match self {
+            Source::Local(db) => Ok(db.logs(id)?),
+            Source::Remote(c, rt) => Ok(rt.block_on(c.logs(id))?),
+        }
+    }
+}
+
 fn open_db() -> anyhow::Result<StateDb> {
     let path = Paths::from_env().state_db;
     if !path.exists() {
@@ -55,7 +174,7 @@ fn open_db() -> anyhow::Result<StateDb> {
 }
 
 pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
-    let db = open_db()?;
+    let db = Source::open()?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -67,7 +186,7 @@ pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
             limit,
             json,
         } => {
-            let mut runs = db.list_flow_runs(&FlowRunFilter {
+            let mut runs = db.list(&FlowRunFilter {
                 state,
                 flow_name: flow,
                 limit,
@@ -96,10 +215,10 @@ pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
             writeln!(out, "{t}")?;
         }
         RunsCommand::Show { id, json } => {
-            let mut run = db.find_flow_run(&id)?;
+            let mut run = db.find(&id)?;
             mark_crashed(&mut run, &host);
             let tasks = db.task_runs(run.id)?;
-            let subflows = db.subflow_runs(run.id)?;
+            let subflows = db.subflows(run.id)?;
             if json {
                 #[derive(Serialize)]
                 struct Show<'a> {
@@ -161,7 +280,7 @@ pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
             }
         }
         RunsCommand::Logs { id, json } => {
-            let run = db.find_flow_run(&id)?;
+            let run = db.find(&id)?;
             let logs = db.logs(run.id)?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &logs)?;

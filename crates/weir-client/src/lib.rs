@@ -174,6 +174,12 @@ impl Client {
         self.send(self.http.get(&url), &url).await
     }
 
+    /// The state history of a flow run (its own states; task runs carry theirs).
+    pub async fn flow_run_states(&self, id: FlowRunId) -> Result<Vec<weir_types::StateRecord>, ClientError> {
+        let url = format!("{}/flow_runs/{id}/states", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
     /// Every task run of a flow run.
     pub async fn task_runs(&self, flow_run: FlowRunId) -> Result<Vec<TaskRunRecord>, ClientError> {
         let url = format!("{}/task_runs", self.base);
