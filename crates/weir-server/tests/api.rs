@@ -106,6 +106,39 @@ impl Pg {
     fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.dir.path().join("data");
+        let mut c = if unsafe_is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]);
+            c.arg(&pg_ctl);
+            c
+        } else {
+            Command::new(&pg_ctl)
+        };
+        let out = c.arg("-D").arg(&data).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+    }
+
+    fn start_again(&self) {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("pg.log");
+        self.pg_ctl(&["-l", log.to_str().unwrap_or(""), "-w", "-t", "30", "-o", &opts, "start"]);
+    }
 }
 
 fn unsafe_is_root() -> bool {
@@ -467,4 +500,50 @@ async fn refuses_a_public_address_without_a_key() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("refusing to listen on 0.0.0.0"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_away_gives_503_and_the_server_recovers_by_itself() {
+    let Some(pg) = Pg::start() else { return };
+    let base = start(&pg.url(), None).await;
+    let c = reqwest::Client::new();
+    let f = FlowRunId::new();
+    let (s, _) = post(&c, format!("{base}/flow_runs"), flow(f, "etl", "Running", 1, &[])).await;
+    assert_eq!(s, StatusCode::OK);
+
+    pg.stop();
+    let (s, e) = get(&c, format!("{base}/flow_runs/{f}")).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    assert_eq!(e["error"]["code"], "unavailable");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("database is unavailable"),
+        "{e}"
+    );
+    let (s, _) = post(
+        &c,
+        format!("{base}/flow_runs"),
+        flow(FlowRunId::new(), "etl", "Running", 2, &[]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "writes too, and nothing half-done");
+    // The server itself is still up.
+    let (s, _) = get(&c, format!("{base}/nope")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    pg.start_again();
+    // No restart of weir: the pool reconnects on the next request (give it a few tries).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, run) = get(&c, format!("{base}/flow_runs/{f}")).await;
+        if s == StatusCode::OK {
+            assert_eq!(run["state"], "Running");
+            break;
+        }
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(std::time::Instant::now() < deadline, "the server did not recover");
+        tokio::task::yield_now().await;
+    }
 }
