@@ -1,6 +1,7 @@
 //! The `weir` command. Thin glue: argument parsing here, work in the library crates.
 
 mod cache;
+mod profile;
 mod runs;
 mod server;
 
@@ -30,6 +31,12 @@ enum Command {
     /// The weir server: REST API over run metadata (SQLite or PostgreSQL).
     #[command(subcommand)]
     Server(server::ServerCommand),
+    /// Named sets of settings (dev, prod…) in WEIR_HOME/profiles.toml.
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
+    /// The settings in force and where each came from.
+    #[command(subcommand)]
+    Config(profile::ConfigCommand),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +45,8 @@ fn main() -> ExitCode {
         Command::Runs(cmd) => runs::run(cmd),
         Command::Cache(cmd) => cache::run(cmd),
         Command::Server(cmd) => server::run(cmd),
+        Command::Profile(cmd) => profile::run_profile(cmd),
+        Command::Config(cmd) => profile::run_config(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,9 +52,10 @@ enum Source {
 
 impl Source {
     fn open() -> anyhow::Result<Source> {
-        match std::env::var("WEIR_API_URL").ok().filter(|s| !s.trim().is_empty()) {
-            Some(url) => {
-                let key = std::env::var("WEIR_API_KEY").ok();
+        let home = Paths::from_env().home;
+        match weir_types::profile::lookup(&home, "api_url") {
+            Some((url, _)) => {
+                let key = weir_types::profile::lookup(&home, "api_key").map(|(k, _)| k);
                 let client = weir_client::Client::new(&url, key)?;
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 Ok(Source::Remote(client, rt))

@@ -25,8 +25,8 @@ pub enum ServerCommand {
 pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
     let ServerCommand::Start { host, port, insecure } = cmd;
     let paths = Paths::from_env();
-    let database_url = match std::env::var("WEIR_DATABASE_URL").ok().filter(|s| !s.is_empty()) {
-        Some(url) => url,
+    let database_url = match weir_types::profile::lookup(&paths.home, "database_url") {
+        Some((url, _)) => url,
         None => {
             std::fs::create_dir_all(&paths.home).with_context(|| format!("creating {}", paths.home.display()))?;
             format!("sqlite://{}", paths.home.join("server.db").display())
@@ -34,7 +34,7 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
     };
     let cfg = weir_server::ServerConfig {
         database_url: database_url.clone(),
-        api_key: std::env::var("WEIR_API_KEY").ok().filter(|s| !s.is_empty()),
+        api_key: weir_types::profile::lookup(&paths.home, "api_key").map(|(k, _)| k),
     };
     let shown_db = redact(&database_url);
     let rt = tokio::runtime::Runtime::new()?;

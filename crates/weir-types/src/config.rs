@@ -53,12 +53,11 @@ pub struct ResultsConfig {
 
 impl ResultsConfig {
     pub fn from_env(paths: &Paths) -> ResultsConfig {
-        let location = std::env::var("WEIR_RESULTS")
-            .ok()
-            .filter(|s| !s.trim().is_empty())
+        let location = crate::profile::lookup(&paths.home, "results")
+            .map(|(v, _)| v)
             .unwrap_or_else(|| paths.results_dir.display().to_string());
         let remote = location.contains("://") && !location.starts_with("file://");
-        let dir = match std::env::var_os("WEIR_LOCAL_CACHE").filter(|v| !v.is_empty()) {
+        let dir = match crate::profile::lookup(&paths.home, "local_cache").map(|(v, _)| std::ffi::OsString::from(v)) {
             Some(v) if v == "none" || v == "off" => None,
             Some(v) => Some(PathBuf::from(v)),
             None => remote.then(|| paths.home.join("local-cache")),

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod duration;
 pub mod ids;
+pub mod profile;
 pub mod record;
 pub mod state;
 pub mod time;

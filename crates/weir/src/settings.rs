@@ -81,8 +81,8 @@ impl Settings {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "info".into()),
             progress,
-            api_url: std::env::var("WEIR_API_URL").ok().filter(|s| !s.trim().is_empty()),
-            api_key: std::env::var("WEIR_API_KEY").ok().filter(|s| !s.is_empty()),
+            api_url: weir_types::profile::lookup(&paths.home, "api_url").map(|(v, _)| v),
+            api_key: weir_types::profile::lookup(&paths.home, "api_key").map(|(v, _)| v),
             fsync: std::env::var("WEIR_CACHE_FSYNC").map(|v| v != "0").unwrap_or(true),
         }
     }
