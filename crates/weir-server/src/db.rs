@@ -417,6 +417,30 @@ impl Db {
         Ok(())
     }
 
+    /// Tags of a page of runs in one query, not one per run.
+    async fn fill_tags(&self, runs: &mut [FlowRunRecord]) -> Result<(), sqlx::Error> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (1..=runs.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT flow_run_id, tag FROM flow_run_tags WHERE flow_run_id IN ({}) ORDER BY tag",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in runs.iter() {
+            q = q.bind(r.id.to_string());
+        }
+        for row in q.fetch_all(&self.pool).await? {
+            let id: String = row.try_get(0)?;
+            let tag: String = row.try_get(1)?;
+            if let Some(r) = runs.iter_mut().find(|r| r.id.to_string() == id) {
+                r.tags.push(tag);
+            }
+        }
+        Ok(())
+    }
+
     async fn tags_of(&self, id: &str) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query("SELECT tag FROM flow_run_tags WHERE flow_run_id = $1 ORDER BY tag")
             .bind(id.to_string())
@@ -467,9 +491,7 @@ impl Db {
         } else {
             None
         };
-        for r in &mut runs {
-            r.tags = self.tags_of(&r.id.to_string()).await?;
-        }
+        self.fill_tags(&mut runs).await?;
         Ok((runs, next))
     }
 
