@@ -1,4 +1,5 @@
 //! A throwaway PostgreSQL cluster for tests and benches (shared by both via `#[path]`).
+#![allow(dead_code)] // each includer uses a different part
 
 use std::path::PathBuf;
 use std::process::Command;
