@@ -31,16 +31,35 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 pub fn flow(attr: TokenStream, item: TokenStream) -> TokenStream {
     let func = parse_macro_input!(item as ItemFn);
     let mut name: Option<LitStr> = None;
+    let mut tags: Vec<LitStr> = Vec::new();
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
             name = Some(meta.value()?.parse()?);
             Ok(())
+        } else if meta.path.is_ident("tags") {
+            let list: syn::ExprArray = meta.value()?.parse()?;
+            for e in list.elems {
+                match e {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s), ..
+                    }) => tags.push(s),
+                    other => {
+                        return Err(syn::Error::new(
+                            other.span(),
+                            "tags are string literals: tags = [\"nightly\"]",
+                        ));
+                    }
+                }
+            }
+            Ok(())
         } else {
-            Err(meta.error("unknown flow option (expected: name = \"...\")"))
+            Err(meta.error("unknown flow option (expected: name = \"...\", tags = [\"...\"])"))
         }
     });
     parse_macro_input!(attr with parser);
-    expand_flow(name, func).unwrap_or_else(|e| e.to_compile_error()).into()
+    expand_flow(name, tags, func)
+        .unwrap_or_else(|e| e.to_compile_error())
+        .into()
 }
 
 #[derive(Default)]
@@ -447,7 +466,7 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
     })
 }
 
-fn expand_flow(name_attr: Option<LitStr>, func: ItemFn) -> syn::Result<TokenStream2> {
+fn expand_flow(name_attr: Option<LitStr>, tags: Vec<LitStr>, func: ItemFn) -> syn::Result<TokenStream2> {
     let args = args_of(&func)?;
     let out_ty = output_type(&func)?;
     if func.sig.asyncness.is_none() {
@@ -524,6 +543,7 @@ fn expand_flow(name_attr: Option<LitStr>, func: ItemFn) -> syn::Result<TokenStre
                 name: #name_str,
                 path: ::core::module_path!(),
                 schema,
+                tags: &[#(#tags),*],
             };
         }
     })

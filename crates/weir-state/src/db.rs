@@ -4,7 +4,10 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_tags.sql"),
+];
 
 /// A state database error.
 #[derive(Debug, thiserror::Error)]

@@ -27,7 +27,7 @@ pub enum RunLookupError {
 }
 
 const FLOW_COLS: &str = "id, flow_name, flow_path, parent_flow_run_id, parent_task_run_id, state, parameters,
-    created_at, started_at, ended_at, error, hostname, pid";
+    created_at, started_at, ended_at, error, hostname, pid, tags";
 const TASK_COLS: &str = "id, flow_run_id, task_name, task_path, state, attempt, cache_status, cache_key,
     created_at, started_at, ended_at, error, history";
 
@@ -62,7 +62,7 @@ fn flow_run(row: &Row<'_>) -> rusqlite::Result<FlowRunRecord> {
         error: row.get(10)?,
         hostname: row.get(11)?,
         pid: row.get(12)?,
-        tags: Vec::new(),
+        tags: serde_json::from_str(&row.get::<_, String>(13)?).unwrap_or_default(),
     })
 }
 

@@ -126,8 +126,8 @@ fn write_events(
 ) -> Result<(), StateError> {
     let mut flow_stmt = tx.prepare_cached(
         "INSERT INTO flow_runs (id, flow_name, flow_path, parent_flow_run_id, parent_task_run_id, state,
-             parameters, created_at, started_at, ended_at, error, hostname, pid)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             parameters, created_at, started_at, ended_at, error, hostname, pid, tags)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
              ended_at = excluded.ended_at, error = excluded.error",
     )?;
@@ -166,6 +166,7 @@ fn write_events(
                     r.error,
                     r.hostname,
                     r.pid,
+                    serde_json::to_string(&r.tags).map_err(|e| StateError::Malformed(e.to_string()))?,
                 ])?;
             }
             Event::TaskRun(r) => {

@@ -380,7 +380,7 @@ async fn child(word: String) -> anyhow::Result<usize> {
     Ok(chatty(word).await?)
 }
 
-#[weir::flow(name = "parent-flow")]
+#[weir::flow(name = "parent-flow", tags = ["demo"])]
 async fn parent(words: Vec<String>) -> anyhow::Result<usize> {
     let mut total = 0;
     for w in words {
@@ -399,6 +399,7 @@ async fn subflows_are_linked_runs_and_task_logs_are_recorded_with_their_task_run
     let db = db();
     let run = db.flow_run(report.flow_run_id).unwrap().unwrap();
     assert_eq!(run.flow_name, "parent-flow");
+    assert_eq!(run.tags, vec!["demo".to_string()]);
     assert_eq!(run.parameters, serde_json::json!({ "words": [word.clone(), "x"] }));
     let children = db.subflow_runs(report.flow_run_id).unwrap();
     assert_eq!(children.len(), 2);

@@ -47,6 +47,9 @@ async fn a_flow_in_another_process_reports_its_runs_to_the_server() {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].state, State::Completed);
     assert_eq!(runs[0].parameters, serde_json::json!({"n": 8}));
+    assert_eq!(runs[0].tags, vec!["nightly".to_string(), "probe".to_string()]);
+    assert_eq!(client.flow_runs(&[("tag", "nightly")]).await.unwrap().items.len(), 1);
+    assert!(client.flow_runs(&[("tag", "weekly")]).await.unwrap().items.is_empty());
     let tasks = client.task_runs(runs[0].id).await.unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].task_name, "expensive");

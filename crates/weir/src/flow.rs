@@ -24,6 +24,8 @@ pub struct FlowSpec {
     pub path: &'static str,
     /// Returns the JSON Schema of the flow's parameters.
     pub schema: fn() -> serde_json::Value,
+    /// Labels recorded on every run (`#[weir::flow(tags = ["nightly"])]`), for filtering.
+    pub tags: &'static [&'static str],
 }
 
 impl FlowSpec {
@@ -218,7 +220,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
             error: None,
             hostname: engine.hostname.clone(),
             pid: engine.pid,
-            tags: Vec::new(),
+            tags: spec.tags.iter().map(|t| t.to_string()).collect(),
         },
         done: false,
     };

@@ -98,7 +98,7 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-#[weir::flow]
+#[weir::flow(tags = ["probe", "nightly"])]
 async fn probe(n: u64) -> anyhow::Result<u64> {
     Ok(expensive(n).await?)
 }
