@@ -515,7 +515,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
     let fail = |run: &mut TaskRun, state: State, err: anyhow::Error| -> TaskError {
         let text = format!("{err:#}");
         run.set(state, Some(text.clone()));
-        let line = describe(state, run.rec.attempt.max(1));
+        let line = describe(state, run.rec.attempt);
         in_scope(&task_scope, || tracing::error!(target: "weir::task", "{line}: {text}"));
         TaskError {
             task: spec.name,
