@@ -56,8 +56,11 @@ pub struct EntryMeta {
     pub blob: String,
     /// The task's manual `cache_version`.
     pub cache_version: String,
-    /// Hash of the task's source, for the `inputs+source` policy.
+    /// Hash of the task's source when it is part of the key (`inputs+source`).
     pub source_hash: Option<String>,
+    /// Hash of the task's source, always (provenance: which code produced this result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_hash: Option<String>,
     /// Digest of each input, by parameter name.
     pub inputs: Vec<InputDigest>,
 }

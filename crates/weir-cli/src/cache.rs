@@ -191,10 +191,15 @@ async fn run_async(cmd: CacheCommand) -> anyhow::Result<()> {
                     &m.cache_version
                 }
             )?;
+            writeln!(out, "code hash      {}", m.code_hash.as_deref().unwrap_or("-"))?;
             writeln!(
                 out,
-                "source hash    {}",
-                m.source_hash.as_deref().unwrap_or("- (not part of the key)")
+                "source in key  {}",
+                if m.source_hash.is_some() {
+                    "yes (inputs+source)"
+                } else {
+                    "no"
+                }
             )?;
             writeln!(out, "inputs")?;
             for i in &m.inputs {

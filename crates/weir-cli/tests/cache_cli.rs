@@ -42,6 +42,7 @@ fn entry(key: &str, created_at: i64, source: &str, inputs: &[(&str, &str)]) -> E
         blob: String::new(),
         cache_version: "1".into(),
         source_hash: Some(source.into()),
+        code_hash: Some(source.into()),
         inputs: inputs
             .iter()
             .map(|(n, d)| InputDigest {

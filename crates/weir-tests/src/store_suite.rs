@@ -39,6 +39,7 @@ pub fn meta(k: &CacheKey) -> EntryMeta {
         blob: String::new(),
         cache_version: String::new(),
         source_hash: None,
+        code_hash: None,
         inputs: vec![],
     }
 }

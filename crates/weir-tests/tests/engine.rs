@@ -848,3 +848,40 @@ async fn on_duplicate_error_and_overwrite() {
             .unwrap();
     assert_eq!(on_disk, 2);
 }
+
+// ---------- streamed file results ----------
+
+#[weir::task(cache = "inputs")]
+fn streamed(rows: u64) -> anyhow::Result<weir::Artifact> {
+    use std::io::Write;
+    bump(&format!("streamed-{rows}"));
+    let mut out = weir::Artifact::create()?;
+    for i in 0..rows {
+        writeln!(out, "{i},{}", i * i)?;
+    }
+    Ok(out.finish()?)
+}
+
+#[weir::flow]
+async fn streamed_flow(rows: u64) -> anyhow::Result<u64> {
+    use tokio::io::AsyncBufReadExt;
+    let file = streamed(rows).await?;
+    let mut lines = tokio::io::BufReader::new(file.open_async().await?).lines();
+    let mut n = 0;
+    while let Some(line) = lines.next_line().await? {
+        anyhow::ensure!(line == format!("{n},{}", n * n), "line {n} is {line}");
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[tokio::test]
+async fn a_result_written_as_a_stream_is_read_back_as_a_stream_from_the_cache() {
+    env();
+    let rows = 200_000 + unique() % 1000;
+    assert_eq!(streamed_flow(rows).await.unwrap(), rows);
+    let (again, report) = streamed_flow(rows).with_report().await;
+    assert_eq!(again.unwrap(), rows);
+    assert_eq!(report.cached, 1);
+    assert_eq!(count(&format!("streamed-{rows}")), 1);
+}

@@ -32,9 +32,42 @@ impl Artifact {
         &self.path
     }
 
-    /// Opens the file for reading.
+    /// Starts a file result written as a stream, in the system's temp folder. Write to it
+    /// (it is a `std::io::Write`), then [`ArtifactWriter::finish`].
+    ///
+    /// ```no_run
+    /// use std::io::Write;
+    ///
+    /// #[weir::task(cache = "inputs")]
+    /// fn table(rows: u64) -> anyhow::Result<weir::Artifact> {
+    ///     let mut out = weir::Artifact::create()?;
+    ///     for i in 0..rows {
+    ///         writeln!(out, "{i},{}", i * i)?;
+    ///     }
+    ///     Ok(out.finish()?)
+    /// }
+    /// ```
+    pub fn create() -> std::io::Result<ArtifactWriter> {
+        Self::create_in(std::env::temp_dir())
+    }
+
+    /// As [`Artifact::create`], in `dir` (put it on the same disk as the result store to let
+    /// the kernel copy it cheaply).
+    pub fn create_in(dir: impl AsRef<Path>) -> std::io::Result<ArtifactWriter> {
+        let file = tempfile::Builder::new().prefix("weir-artifact-").tempfile_in(dir)?;
+        Ok(ArtifactWriter {
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+        })
+    }
+
+    /// Opens the file for reading, as a stream (`std::io::Read`).
     pub fn open(&self) -> std::io::Result<std::fs::File> {
         std::fs::File::open(&self.path)
+    }
+
+    /// Opens the file for reading from async code (`tokio::io::AsyncRead`).
+    pub async fn open_async(&self) -> std::io::Result<tokio::fs::File> {
+        tokio::fs::File::open(&self.path).await
     }
 
     /// The file's size in bytes.
@@ -44,5 +77,29 @@ impl Artifact {
 
     pub fn is_empty(&self) -> std::io::Result<bool> {
         Ok(self.len()? == 0)
+    }
+}
+
+/// A file result being written as a stream; see [`Artifact::create`].
+pub struct ArtifactWriter {
+    out: std::io::BufWriter<tempfile::NamedTempFile>,
+}
+
+impl ArtifactWriter {
+    /// Flushes and closes the file; it becomes the task's result.
+    pub fn finish(self) -> std::io::Result<Artifact> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        let path = file.into_temp_path().keep().map_err(|e| e.error)?;
+        Ok(Artifact { path })
+    }
+}
+
+impl std::io::Write for ArtifactWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }

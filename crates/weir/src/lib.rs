@@ -80,7 +80,7 @@ mod settings;
 mod task;
 pub mod testing;
 
-pub use artifact::Artifact;
+pub use artifact::{Artifact, ArtifactWriter};
 pub use cache::{KeyError, KeyMaterial, OnDuplicate};
 pub use flow::{FlowCall, FlowError, FlowSpec, RunReport};
 pub use map::{DEFAULT_MAP_LIMIT, MapCall, MapExt, all};

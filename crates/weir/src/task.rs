@@ -694,6 +694,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
             blob: String::new(),
             cache_version: spec.cache_version.to_string(),
             source_hash: Some(spec.source_hash.to_string()),
+            code_hash: Some(spec.source_hash.to_string()),
             inputs: codec
                 .key
                 .as_ref()
@@ -738,6 +739,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 blob: String::new(),
                 cache_version: spec.cache_version.to_string(),
                 source_hash: (spec.cache == CachePolicy::InputsAndSource).then(|| spec.source_hash.to_string()),
+                code_hash: Some(spec.source_hash.to_string()),
                 inputs: codec
                     .key
                     .as_ref()
