@@ -97,6 +97,9 @@ pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn ResultStore>, 
             // Only what the URL and AWS_* say: no instance metadata probing on a laptop.
             b = b.disable_ec2_metadata();
             let op = opendal::Operator::new(b).map_err(|e| config(format!("cannot open '{location}': {e}")))?;
+            // Object stores answer 5xx/429 now and then; retry those with backoff rather than
+            // report a miss or compute a key twice.
+            let op = op.layer(opendal::layers::RetryLayer::new());
             Arc::new(ObjectBackend::new(op, location.split('?').next().unwrap_or(location)))
         }
         #[cfg(feature = "gcs")]

@@ -225,12 +225,18 @@ fn eight_processes_computing_one_key_compute_it_once() {
                 .unwrap()
         })
         .collect();
-    let outs: Vec<String> = children
-        .into_iter()
-        .map(|c| ok(c.wait_with_output().unwrap()))
+    let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let logs: Vec<String> = outputs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
         .collect();
+    let outs: Vec<String> = outputs.into_iter().map(ok).collect();
     let computed = std::fs::read_to_string(marker.path()).unwrap();
-    assert_eq!(computed.lines().count(), 1, "computed more than once: {computed}");
+    assert_eq!(
+        computed.lines().count(),
+        1,
+        "computed more than once: {computed}\nlogs: {logs:#?}"
+    );
     assert_eq!(outs.iter().filter(|o| *o == "miss").count(), 1, "{outs:?}");
     assert_eq!(outs.iter().filter(|o| *o == "hit").count(), 7, "{outs:?}");
 }

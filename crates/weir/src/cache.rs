@@ -206,6 +206,7 @@ pub(crate) async fn isolate<T>(
     let ttl_us = ttl.as_micros() as i64;
     let mut wait = Duration::from_millis(20);
     let mut announced = false;
+    let mut errors = 0;
     loop {
         match store
             .try_lease(key, holder, ttl_us, weir_types::time::now_micros())
@@ -245,6 +246,14 @@ pub(crate) async fn isolate<T>(
                 if let Found::Value(v) = lookup(store, key, codec, spec).await {
                     return Isolation::Value(v);
                 }
+            }
+            // A store that keeps failing must not block the task forever; a blip must not
+            // make two processes compute one key.
+            Err(e) if errors < 5 => {
+                errors += 1;
+                tracing::debug!(target: "weir::cache", "lease request failed ({e}); retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
             }
             Err(e) => {
                 tracing::warn!(target: "weir::cache", "cache isolation unavailable ({e}); computing {} anyway", spec.name);
