@@ -29,7 +29,7 @@ async fn serve(url: &str) -> (String, weir_server::Db) {
 fn task(id: TaskRunId, flow: FlowRunId, state: &str, n: usize) -> serde_json::Value {
     json!({"kind": "task_run", "record": {
         "id": id, "flow_run_id": flow, "task_name": "t", "task_path": "b::t", "state": state, "attempt": n,
-        "cache_status": "-", "cache_key": null, "created_at": 1, "started_at": 1, "ended_at": null, "error": null,
+        "cache_status": "disabled", "cache_key": null, "created_at": 1, "started_at": 1, "ended_at": null, "error": null,
         "history": []}})
 }
 
@@ -52,7 +52,8 @@ async fn updates_per_second(base: &str) -> f64 {
                     .send()
                     .await
                     .expect("send");
-                assert!(r.status().is_success());
+                let status = r.status();
+                assert!(status.is_success(), "{status}: {}", r.text().await.unwrap_or_default());
             }
         }));
     }
