@@ -89,6 +89,27 @@ pub struct Flow {
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct FlowPage {
+    pub items: Vec<Flow>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct VariablePage {
+    pub items: Vec<Variable>,
+    pub next_cursor: Option<String>,
+}
+
+/// Paging of name-ordered lists.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NamePageQuery {
+    /// Page size, 1–1000 (default 100).
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct Variable {
     pub name: String,
     pub value: serde_json::Value,
@@ -402,16 +423,23 @@ async fn flow_run_logs(
     }
 }
 
-/// Flows seen by the server.
-#[utoipa::path(get, path = "/flows", responses((status = 200, body = Vec<Flow>)))]
-async fn list_flows(AxState(app): AxState<AppState>) -> Result<Json<Vec<Flow>>, ApiError> {
-    let flows = app.db.flows().await?;
-    Ok(Json(
-        flows
-            .into_iter()
-            .map(|(name, path, created_at)| Flow { name, path, created_at })
-            .collect(),
-    ))
+/// Flows seen by the server, by name.
+#[utoipa::path(get, path = "/flows", params(NamePageQuery), responses((status = 200, body = FlowPage)))]
+async fn list_flows(
+    AxState(app): AxState<AppState>,
+    Query(q): Query<NamePageQuery>,
+) -> Result<Json<FlowPage>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let flows = app.db.flows(q.cursor.as_deref().unwrap_or(""), limit + 1).await?;
+    let mut items: Vec<Flow> = flows
+        .into_iter()
+        .map(|(name, path, created_at)| Flow { name, path, created_at })
+        .collect();
+    let next_cursor = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items.last().map(|f| f.name.clone()).unwrap_or_default()
+    });
+    Ok(Json(FlowPage { items, next_cursor }))
 }
 
 fn check_var_name(name: &str) -> Result<(), ApiError> {
@@ -430,21 +458,29 @@ fn check_var_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// All variables.
-#[utoipa::path(get, path = "/variables", responses((status = 200, body = Vec<Variable>)))]
-async fn list_variables(AxState(app): AxState<AppState>) -> Result<Json<Vec<Variable>>, ApiError> {
-    Ok(Json(
-        app.db
-            .variables()
-            .await?
-            .into_iter()
-            .map(|(name, value, updated_at)| Variable {
-                name,
-                value,
-                updated_at,
-            })
-            .collect(),
-    ))
+/// Variables, by name.
+#[utoipa::path(get, path = "/variables", params(NamePageQuery), responses((status = 200, body = VariablePage)))]
+async fn list_variables(
+    AxState(app): AxState<AppState>,
+    Query(q): Query<NamePageQuery>,
+) -> Result<Json<VariablePage>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let mut items: Vec<Variable> = app
+        .db
+        .variables(q.cursor.as_deref().unwrap_or(""), limit + 1)
+        .await?
+        .into_iter()
+        .map(|(name, value, updated_at)| Variable {
+            name,
+            value,
+            updated_at,
+        })
+        .collect();
+    let next_cursor = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items.last().map(|v| v.name.clone()).unwrap_or_default()
+    });
+    Ok(Json(VariablePage { items, next_cursor }))
 }
 
 /// One variable.

@@ -601,8 +601,11 @@ impl Db {
             .map_err(Into::into)
     }
 
-    pub async fn flows(&self) -> Result<Vec<(String, String, i64)>, ApiError> {
-        let rows = sqlx::query("SELECT name, path, created_at FROM flows ORDER BY name")
+    /// Flows by name, `limit` after `after` (a name).
+    pub async fn flows(&self, after: &str, limit: usize) -> Result<Vec<(String, String, i64)>, ApiError> {
+        let rows = sqlx::query("SELECT name, path, created_at FROM flows WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(after.to_string())
+            .bind(limit as i64)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -637,8 +640,15 @@ impl Db {
         ))
     }
 
-    pub async fn variables(&self) -> Result<Vec<(String, serde_json::Value, i64)>, ApiError> {
-        let rows = sqlx::query("SELECT name, value, updated_at FROM variables ORDER BY name")
+    /// Variables by name, `limit` after `after` (a name).
+    pub async fn variables(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, serde_json::Value, i64)>, ApiError> {
+        let rows = sqlx::query("SELECT name, value, updated_at FROM variables WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(after.to_string())
+            .bind(limit as i64)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()

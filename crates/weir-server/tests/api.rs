@@ -248,13 +248,21 @@ async fn suite(base: &str) {
     let (s, e) = post(&c, format!("{base}/flow_runs"), nul).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
     let (_, all) = get(&c, format!("{base}/flows")).await;
-    let names: Vec<&str> = all
+    let names: Vec<&str> = all["items"]
         .as_array()
         .unwrap()
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["etl", "paged"], "nothing from bad requests was stored");
+    let (_, first) = get(&c, format!("{base}/flows?limit=1")).await;
+    assert_eq!(
+        (first["items"][0]["name"].as_str(), first["next_cursor"].as_str()),
+        (Some("etl"), Some("etl"))
+    );
+    let (_, second) = get(&c, format!("{base}/flows?limit=1&cursor=etl")).await;
+    assert_eq!(second["items"][0]["name"], "paged");
+    assert!(second["next_cursor"].is_null());
 
     // Variables.
     let (s, _) = c
@@ -267,6 +275,8 @@ async fn suite(base: &str) {
     assert_eq!(s, StatusCode::OK);
     let (_, v) = get(&c, format!("{base}/variables/bucket")).await;
     assert_eq!(v["value"]["name"], "s3://x");
+    let (_, vars) = get(&c, format!("{base}/variables")).await;
+    assert_eq!(vars["items"][0]["name"], "bucket");
     let (s, _) = get(&c, format!("{base}/variables/bad%20name")).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     let s = c
