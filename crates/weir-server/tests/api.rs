@@ -264,6 +264,32 @@ async fn suite(base: &str) {
     assert_eq!(second["items"][0]["name"], "paged");
     assert!(second["next_cursor"].is_null());
 
+    // SQL metacharacters in every string field are stored and returned verbatim.
+    let evil = "x'); DROP TABLE flow_runs; -- \" $1 ? % _ \\";
+    let e = FlowRunId::new();
+    let mut rec = flow(e, evil, "Failed", 4, &[evil]);
+    rec["flow_path"] = json!(evil);
+    rec["hostname"] = json!(evil);
+    rec["error"] = json!(evil);
+    rec["parameters"] = json!({ evil: evil });
+    let (s, back) = post(&c, format!("{base}/flow_runs"), rec).await;
+    assert_eq!(s, StatusCode::OK, "{back}");
+    for f in ["flow_name", "flow_path", "hostname", "error"] {
+        assert_eq!(back[f], evil, "{f}");
+    }
+    assert_eq!(back["tags"], json!([evil]));
+    assert_eq!(back["parameters"][evil], evil);
+    let listed: Value = c
+        .get(format!("{base}/flow_runs"))
+        .query(&[("flow", evil), ("tag", evil)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"][0]["id"], json!(e));
+
     // Variables.
     let (s, _) = c
         .put(format!("{base}/variables/bucket"))
