@@ -73,15 +73,21 @@ impl FolderBackend {
         if self.fsync {
             tmp.as_file().sync_all().map_err(|e| self.err("fsync", tmp.path(), e))?;
         }
+        self.publish(tmp, &dest, mode)
+    }
+
+    /// Publishes a finished temp file under `dest`: `link(2)` for create-if-absent (fails if
+    /// the name exists, even on a shared mount), `rename(2)` to replace.
+    fn publish(&self, tmp: tempfile::NamedTempFile, dest: &Path, mode: WriteMode) -> Result<Written, BackendError> {
         match mode {
-            WriteMode::IfAbsent => match fs::hard_link(tmp.path(), &dest) {
+            WriteMode::IfAbsent => match fs::hard_link(tmp.path(), dest) {
                 // The temp name is unlinked when `tmp` drops.
                 Ok(()) => Ok(Written::Created),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Written::Exists),
-                Err(e) => Err(self.err("link", &dest, e)),
+                Err(e) => Err(self.err("link", dest, e)),
             },
             WriteMode::Overwrite => {
-                tmp.persist(&dest).map_err(|e| self.err("rename", &dest, e.error))?;
+                tmp.persist(dest).map_err(|e| self.err("rename", dest, e.error))?;
                 Ok(Written::Created)
             }
         }
@@ -113,17 +119,7 @@ impl FolderBackend {
         tmp.as_file()
             .set_permissions(perms)
             .map_err(|e| self.err("chmod", tmp.path(), e))?;
-        match mode {
-            WriteMode::IfAbsent => match fs::hard_link(tmp.path(), &dest) {
-                Ok(()) => Ok(Written::Created),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Written::Exists),
-                Err(e) => Err(self.err("link", &dest, e)),
-            },
-            WriteMode::Overwrite => {
-                tmp.persist(&dest).map_err(|e| self.err("rename", &dest, e.error))?;
-                Ok(Written::Created)
-            }
-        }
+        self.publish(tmp, &dest, mode)
     }
 
     fn read_to_file_sync(&self, path: &str, dest: &Path) -> Result<Option<(String, u64)>, BackendError> {

@@ -435,6 +435,11 @@ impl Store {
         self.backend.write(&blob_path(&meta.blob), stored, blob_mode).await?;
 
         // Manifest last.
+        self.publish_manifest(meta, mode).await
+    }
+
+    /// Writes the manifest, last: create-if-absent, or replace.
+    async fn publish_manifest(&self, meta: EntryMeta, mode: PutMode) -> Result<(PutOutcome, EntryMeta), StoreError> {
         let manifest = serde_json::to_vec_pretty(&meta)?;
         let path = manifest_path(&meta.key);
         let written = match mode {
@@ -466,16 +471,7 @@ impl Store {
             PutMode::Replace => WriteMode::Overwrite,
         };
         self.backend.write_file(&blob_path(&meta.blob), &src, blob_mode).await?;
-        let manifest = serde_json::to_vec_pretty(&meta)?;
-        let path = manifest_path(&meta.key);
-        let written = match mode {
-            PutMode::IfAbsent => self.backend.write(&path, manifest, WriteMode::IfAbsent).await?,
-            PutMode::Replace => self.backend.write(&path, manifest, WriteMode::Overwrite).await?,
-        };
-        Ok(match written {
-            Written::Created => (PutOutcome::Published, meta),
-            Written::Exists => (PutOutcome::AlreadyPresent, meta),
-        })
+        self.publish_manifest(meta, mode).await
     }
 
     async fn get_file_impl(&self, key: &CacheKey, now: i64, dest_dir: &Path) -> Result<FileLookup, StoreError> {

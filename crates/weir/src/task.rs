@@ -676,31 +676,10 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
     };
 
     if let (Some(codec), Some((name, mode)), Some(store)) = (&parts.codec, &named_plan, &engine.store) {
-        let meta = EntryMeta {
-            format: weir_cache::store::MANIFEST_FORMAT,
-            key: name.clone(),
-            task: spec.path.to_string(),
-            flow: scope.flow.as_ref().map(|f| f.name.to_string()),
-            flow_run_id: scope.flow.as_ref().map(|f| f.id.to_string()),
-            task_run_id: run.rec.id.to_string(),
-            serializer: spec.format.name().to_string(),
-            created_at: weir_types::time::now_micros(),
-            raw_size: 0,
-            compression: None,
-            expires_at: spec
-                .cache_expiration
-                .map(|d| weir_types::time::now_micros().saturating_add(d.as_micros() as i64)),
-            size: 0,
-            blob: String::new(),
-            cache_version: spec.cache_version.to_string(),
-            source_hash: Some(spec.source_hash.to_string()),
-            code_hash: Some(spec.source_hash.to_string()),
-            inputs: codec
-                .key
-                .as_ref()
-                .map(|m| m.parts(spec).input_digests())
-                .unwrap_or_default(),
-        };
+        let mut meta = entry_meta(spec, &scope, run.rec.id, name.clone(), codec);
+        // The readable file is the point of a named result: stored plain, source recorded.
+        meta.compression = None;
+        meta.source_hash = Some(spec.source_hash.to_string());
         let published = match (codec.encode)(&value, spec.format) {
             Ok(bytes) => cache::publish_named(store.clone(), meta, bytes, *mode).await,
             Err(e) => Err(format!("result cannot be serialized: {e}")),
@@ -721,31 +700,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
     }
     let value = match (&parts.codec, publish_plan, &engine.store) {
         (Some(codec), Some((key, mode)), Some(store)) => {
-            let meta = EntryMeta {
-                format: weir_cache::store::MANIFEST_FORMAT,
-                key: key.to_hex(),
-                task: spec.path.to_string(),
-                flow: scope.flow.as_ref().map(|f| f.name.to_string()),
-                flow_run_id: scope.flow.as_ref().map(|f| f.id.to_string()),
-                task_run_id: run.rec.id.to_string(),
-                serializer: spec.format.name().to_string(),
-                created_at: weir_types::time::now_micros(),
-                raw_size: 0,
-                compression: spec.compression.map(str::to_string),
-                expires_at: spec
-                    .cache_expiration
-                    .map(|d| weir_types::time::now_micros().saturating_add(d.as_micros() as i64)),
-                size: 0,
-                blob: String::new(),
-                cache_version: spec.cache_version.to_string(),
-                source_hash: (spec.cache == CachePolicy::InputsAndSource).then(|| spec.source_hash.to_string()),
-                code_hash: Some(spec.source_hash.to_string()),
-                inputs: codec
-                    .key
-                    .as_ref()
-                    .map(|m| m.parts(spec).input_digests())
-                    .unwrap_or_default(),
-            };
+            let meta = entry_meta(spec, &scope, run.rec.id, key.to_hex(), codec);
             let fut = cache::publish(store.clone(), codec, meta, value, spec.format, mode);
             SCOPE.scope(task_scope.clone(), fut).await
         }
@@ -765,6 +720,35 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         || tracing::info!(target: "weir::task", "Completed in {elapsed}{status}"),
     );
     Ok(value)
+}
+
+/// The manifest of a result this task run is about to publish: what it is and where it came
+/// from (flow, runs, code, a digest per input).
+fn entry_meta<T>(spec: &TaskSpec, scope: &Scope, task_run: TaskRunId, key: String, codec: &Codec<T>) -> EntryMeta {
+    let now = weir_types::time::now_micros();
+    EntryMeta {
+        format: weir_cache::store::MANIFEST_FORMAT,
+        key,
+        task: spec.path.to_string(),
+        flow: scope.flow.as_ref().map(|f| f.name.to_string()),
+        flow_run_id: scope.flow.as_ref().map(|f| f.id.to_string()),
+        task_run_id: task_run.to_string(),
+        serializer: spec.format.name().to_string(),
+        created_at: now,
+        expires_at: spec.cache_expiration.map(|d| now.saturating_add(d.as_micros() as i64)),
+        size: 0,
+        raw_size: 0,
+        compression: spec.compression.map(str::to_string),
+        blob: String::new(),
+        cache_version: spec.cache_version.to_string(),
+        source_hash: (spec.cache == CachePolicy::InputsAndSource).then(|| spec.source_hash.to_string()),
+        code_hash: Some(spec.source_hash.to_string()),
+        inputs: codec
+            .key
+            .as_ref()
+            .map(|m| m.parts(spec).input_digests())
+            .unwrap_or_default(),
+    }
 }
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
