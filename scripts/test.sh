@@ -24,19 +24,28 @@ if [ ! -x "$PG_BIN/initdb" ]; then
 fi
 export WEIR_TEST_PG_BIN="$PG_BIN" WEIR_TEST_REQUIRE_POSTGRES=1
 
-if ! command -v moto_server >/dev/null; then
+if ! python3 -c 'import moto.server' 2>/dev/null; then
     python3 -m pip install -q 'moto[server]' 2>&1 | grep -v "Running pip as the 'root' user" || true
 fi
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 moto_log=$(mktemp)
-moto_server -H 127.0.0.1 -p "$port" >"$moto_log" 2>&1 &
+python3 -m moto.server -H 127.0.0.1 -p "$port" >"$moto_log" 2>&1 &
 moto_pid=$!
 trap 'kill "$moto_pid" 2>/dev/null || true; rm -f "$moto_log"' EXIT
-for _ in $(seq 100); do
-    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null && break
+moto_ready=""
+for _ in $(seq 300); do
+    if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null; then
+        moto_ready=1
+        break
+    fi
     sleep 0.1
 done
+if [ -z "$moto_ready" ]; then
+    echo "scripts/test.sh: moto did not start on 127.0.0.1:$port:" >&2
+    cat "$moto_log" >&2
+    exit 1
+fi
 export WEIR_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port" WEIR_TEST_REQUIRE_MOTO=1
 [ -e /dev/fuse ] && export WEIR_TEST_REQUIRE_FUSE=1
 
