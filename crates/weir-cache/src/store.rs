@@ -252,6 +252,20 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
         now: i64,
         dest_dir: &'a Path,
     ) -> BoxFuture<'a, Result<FileLookup, StoreError>>;
+    /// Stores a file as the named result `named/<name>`, streaming it.
+    fn put_named_file(
+        &self,
+        meta: EntryMeta,
+        src: PathBuf,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>>;
+    /// Looks a named file result up and makes it available on local disk, verified.
+    fn get_named_file<'a>(
+        &'a self,
+        name: &'a str,
+        now: i64,
+        dest_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<FileLookup, StoreError>>;
     /// Looks a named (templated-key) result up: `named/<name>`.
     fn get_named<'a>(&'a self, name: &'a str, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>>;
     /// Stores a named result at `named/<name>`, readable by people and other programs.
@@ -594,6 +608,96 @@ impl Store {
         })
     }
 
+    async fn put_named_file_impl(
+        &self,
+        mut meta: EntryMeta,
+        src: PathBuf,
+        mode: PutMode,
+    ) -> Result<(PutOutcome, EntryMeta), StoreError> {
+        let name = meta.key.clone();
+        validate_name(&name)?;
+        let (hash, size) = crate::stream::hash_file(&src)
+            .map_err(|e| StoreError::Config(format!("cannot read the result file {}: {e}", src.display())))?;
+        meta.format = MANIFEST_FORMAT;
+        meta.serializer = "file".into();
+        meta.compression = None;
+        meta.blob = hash;
+        meta.size = size;
+        meta.raw_size = size;
+        let mpath = named_manifest_path(&name);
+        if mode == PutMode::IfAbsent && self.backend.read(&mpath).await?.is_some() {
+            return Ok((PutOutcome::AlreadyPresent, meta));
+        }
+        self.backend
+            .write_file(&named_data_path(&name), &src, WriteMode::Overwrite)
+            .await?;
+        let manifest = serde_json::to_vec_pretty(&meta)?;
+        let written = match mode {
+            PutMode::IfAbsent => self.backend.write(&mpath, manifest, WriteMode::IfAbsent).await?,
+            PutMode::Replace => self.backend.write(&mpath, manifest, WriteMode::Overwrite).await?,
+        };
+        Ok(match written {
+            Written::Created => (PutOutcome::Published, meta),
+            Written::Exists => (PutOutcome::AlreadyPresent, meta),
+        })
+    }
+
+    async fn get_named_file_impl(&self, name: &str, now: i64, dest_dir: &Path) -> Result<FileLookup, StoreError> {
+        validate_name(name)?;
+        let meta = match self.read_manifest(&named_manifest_path(name)).await? {
+            None => return Ok(FileLookup::Miss),
+            Some(Err(reason)) => return Ok(FileLookup::Corrupt { reason }),
+            Some(Ok(m)) => m,
+        };
+        if meta.expires_at.is_some_and(|exp| exp <= now) {
+            return Ok(FileLookup::Expired { meta });
+        }
+        let dpath = named_data_path(name);
+        // A named file is meant to be read (and may be edited) by people: hash it by reading
+        // in chunks, never by mapping it.
+        let verify = |p: &Path| match crate::stream::hash_file(p) {
+            Ok((h, _)) => Ok(h == meta.blob),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::Config(format!("cannot read {}: {e}", p.display()))),
+        };
+        if let Some(local) = self.backend.local_path(&dpath) {
+            if !local.exists() {
+                return Ok(FileLookup::Miss);
+            }
+            return Ok(if verify(&local)? {
+                FileLookup::Hit { meta, path: local }
+            } else {
+                FileLookup::Corrupt {
+                    reason: format!("named result {} was changed since it was stored", local.display()),
+                }
+            });
+        }
+        let dest = dest_dir.join(&meta.blob);
+        if dest.exists() && verify(&dest)? {
+            return Ok(FileLookup::Hit { meta, path: dest });
+        }
+        std::fs::create_dir_all(dest_dir)
+            .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dest_dir.display())))?;
+        let tmp = dest_dir.join(format!(".{}.{}.part", meta.blob, std::process::id()));
+        match self.backend.read_to_file(&dpath, &tmp).await? {
+            None => {
+                let _ = std::fs::remove_file(&tmp);
+                Ok(FileLookup::Miss)
+            }
+            Some((hash, _)) if hash == meta.blob => {
+                std::fs::rename(&tmp, &dest)
+                    .map_err(|e| StoreError::Config(format!("cannot move into {}: {e}", dest.display())))?;
+                Ok(FileLookup::Hit { meta, path: dest })
+            }
+            Some(_) => {
+                let _ = std::fs::remove_file(&tmp);
+                Ok(FileLookup::Corrupt {
+                    reason: format!("named result {name} does not match its checksum"),
+                })
+            }
+        }
+    }
+
     async fn entries_impl(&self) -> Result<Vec<EntryMeta>, StoreError> {
         let mut out = Vec::new();
         for obj in self.backend.list("v1/manifests/").await? {
@@ -852,6 +956,24 @@ impl ResultStore for Store {
             self.backend.delete(&path).await?;
             Ok(())
         })
+    }
+
+    fn put_named_file(
+        &self,
+        meta: EntryMeta,
+        src: PathBuf,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
+        Box::pin(self.put_named_file_impl(meta, src, mode))
+    }
+
+    fn get_named_file<'a>(
+        &'a self,
+        name: &'a str,
+        now: i64,
+        dest_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<FileLookup, StoreError>> {
+        Box::pin(self.get_named_file_impl(name, now, dest_dir))
     }
 
     fn get_named<'a>(&'a self, name: &'a str, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>> {

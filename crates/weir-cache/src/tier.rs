@@ -224,6 +224,27 @@ impl ResultStore for Tiered {
         })
     }
 
+    fn put_named_file(
+        &self,
+        meta: EntryMeta,
+        src: std::path::PathBuf,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
+        self.remote.put_named_file(meta, src, mode)
+    }
+
+    fn get_named_file<'a>(
+        &'a self,
+        name: &'a str,
+        now: i64,
+        _dest_dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<crate::store::FileLookup, StoreError>> {
+        Box::pin(async move {
+            let dir = self.local_folder.root().join("files");
+            self.remote.get_named_file(name, now, &dir).await
+        })
+    }
+
     fn get_named<'a>(&'a self, name: &'a str, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>> {
         self.remote.get_named(name, now)
     }

@@ -885,3 +885,46 @@ async fn a_result_written_as_a_stream_is_read_back_as_a_stream_from_the_cache() 
     assert_eq!(report.cached, 1);
     assert_eq!(count(&format!("streamed-{rows}")), 1);
 }
+
+#[weir::task(result_key = "exports/{region}.csv")]
+fn export_csv(region: String) -> anyhow::Result<weir::Artifact> {
+    use std::io::Write;
+    bump(&format!("export-{region}"));
+    let mut out = weir::Artifact::create()?;
+    writeln!(out, "region,value")?;
+    writeln!(out, "{region},42")?;
+    Ok(out.finish()?)
+}
+
+#[weir::flow]
+async fn export_flow(region: String) -> anyhow::Result<String> {
+    let file = export_csv(region).await?;
+    Ok(std::fs::read_to_string(file.path())?)
+}
+
+#[tokio::test]
+async fn a_named_file_result_is_the_file_itself_and_edits_to_it_are_noticed() {
+    env();
+    let region = format!("r{}", unique());
+    let what = format!("export-{region}");
+    let first = export_flow(region.clone()).await.unwrap();
+    let named = env().results.join(format!("named/exports/{region}.csv"));
+    assert_eq!(
+        std::fs::read_to_string(&named).unwrap(),
+        first,
+        "the named path holds the CSV itself"
+    );
+    assert_eq!(first, format!("region,value\n{region},42\n"));
+    let (again, report) = export_flow(region.clone()).with_report().await;
+    assert_eq!(again.unwrap(), first);
+    assert_eq!((report.cached, count(&what)), (1, 1));
+
+    // Someone edits the stored file: it no longer matches its checksum, so it is recomputed.
+    let mut perms = std::fs::metadata(&named).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&named, perms).unwrap();
+    std::fs::write(&named, "region,value\nhacked,0\n").unwrap();
+    assert_eq!(export_flow(region.clone()).await.unwrap(), first);
+    assert_eq!(count(&what), 2);
+}

@@ -402,6 +402,22 @@ pub(crate) async fn publish_named(
         .map_err(|e| e.to_string())
 }
 
+/// Publishes a named file result, streaming the file.
+pub(crate) async fn publish_named_file(
+    store: Arc<dyn ResultStore>,
+    meta: EntryMeta,
+    src: std::path::PathBuf,
+    mode: PutMode,
+) -> Result<PutOutcome, String> {
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Handle::current().block_on(store.put_named_file(meta, src, mode))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map(|(o, _)| o)
+    .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

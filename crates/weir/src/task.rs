@@ -550,38 +550,57 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
             PutMode::Replace
         } else {
             run.rec.cache_status = CacheStatus::Miss;
-            match store.get_named(&name, weir_types::time::now_micros()).await {
-                Ok(weir_cache::Lookup::Hit { meta, bytes }) if spec.on_duplicate == OnDuplicate::Skip => {
-                    match Format::from_name(&meta.serializer).and_then(|f| (codec.decode)(&bytes, f)) {
-                        Ok(v) => {
-                            run.rec.cache_status = CacheStatus::Hit;
-                            run.set(State::Cached, None);
-                            in_scope(
-                                &task_scope,
-                                || tracing::info!(target: "weir::task", "Cached (result {name})"),
-                            );
-                            return Ok(v);
+            // A file result is looked up as a file (streamed, never decoded from JSON);
+            // either way the outcome is a value, or "present but unusable", or "absent".
+            let found: Result<Option<Result<T, String>>, String> = match codec.from_file {
+                Some(from_file) => {
+                    let dir = engine.settings.artifacts_dir.clone();
+                    let now = weir_types::time::now_micros();
+                    match store.get_named_file(&name, now, &dir).await {
+                        Ok(weir_cache::FileLookup::Hit { path, .. }) => {
+                            Ok(Some(from_file(path).ok_or_else(|| "not a file result".to_string())))
                         }
-                        Err(e) => {
-                            in_scope(
-                                &task_scope,
-                                || tracing::warn!(target: "weir::cache", "result {name} cannot be read as this task's output ({e}); recomputing"),
-                            );
-                            PutMode::Replace
-                        }
+                        Ok(weir_cache::FileLookup::Miss) => Ok(None),
+                        Ok(weir_cache::FileLookup::Expired { .. }) => Ok(Some(Err("expired".into()))),
+                        Ok(weir_cache::FileLookup::Corrupt { reason }) => Ok(Some(Err(reason))),
+                        Err(e) => Err(e.to_string()),
                     }
                 }
-                Ok(
-                    weir_cache::Lookup::Hit { .. }
-                    | weir_cache::Lookup::Expired { .. }
-                    | weir_cache::Lookup::Corrupt { .. },
-                ) if spec.on_duplicate == OnDuplicate::Error => {
+                None => match store.get_named(&name, weir_types::time::now_micros()).await {
+                    Ok(weir_cache::Lookup::Hit { meta, bytes }) => Ok(Some(
+                        Format::from_name(&meta.serializer)
+                            .and_then(|f| (codec.decode)(&bytes, f))
+                            .map_err(|e| format!("cannot be read as this task's output ({e})")),
+                    )),
+                    Ok(weir_cache::Lookup::Miss) => Ok(None),
+                    Ok(weir_cache::Lookup::Expired { .. }) => Ok(Some(Err("expired".into()))),
+                    Ok(weir_cache::Lookup::Corrupt { reason }) => Ok(Some(Err(reason))),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            match found {
+                Err(e) => return Err(fail(&mut run, State::Failed, anyhow::anyhow!("result store: {e}"))),
+                Ok(None) => PutMode::IfAbsent,
+                Ok(Some(_)) if spec.on_duplicate == OnDuplicate::Error => {
                     let err = anyhow::anyhow!("result key '{name}' already has a result (on_duplicate = \"error\")");
                     return Err(fail(&mut run, State::Failed, err));
                 }
-                Ok(weir_cache::Lookup::Miss) => PutMode::IfAbsent,
-                Ok(_) => PutMode::Replace,
-                Err(e) => return Err(fail(&mut run, State::Failed, anyhow::anyhow!("result store: {e}"))),
+                Ok(Some(Ok(v))) => {
+                    run.rec.cache_status = CacheStatus::Hit;
+                    run.set(State::Cached, None);
+                    in_scope(
+                        &task_scope,
+                        || tracing::info!(target: "weir::task", "Cached (result {name})"),
+                    );
+                    return Ok(v);
+                }
+                Ok(Some(Err(why))) => {
+                    in_scope(
+                        &task_scope,
+                        || tracing::warn!(target: "weir::cache", "result {name} is unusable ({why}); recomputing"),
+                    );
+                    PutMode::Replace
+                }
             }
         };
         named_plan = Some((name, mode));
@@ -680,9 +699,12 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         // The readable file is the point of a named result: stored plain, source recorded.
         meta.compression = None;
         meta.source_hash = Some(spec.source_hash.to_string());
-        let published = match (codec.encode)(&value, spec.format) {
-            Ok(bytes) => cache::publish_named(store.clone(), meta, bytes, *mode).await,
-            Err(e) => Err(format!("result cannot be serialized: {e}")),
+        let published = match (codec.from_file, (codec.as_file)(&value)) {
+            (Some(_), Some(src)) => cache::publish_named_file(store.clone(), meta, src, *mode).await,
+            _ => match (codec.encode)(&value, spec.format) {
+                Ok(bytes) => cache::publish_named(store.clone(), meta, bytes, *mode).await,
+                Err(e) => Err(format!("result cannot be serialized: {e}")),
+            },
         };
         match published {
             Ok(PutOutcome::AlreadyPresent) if spec.on_duplicate == OnDuplicate::Error => {
