@@ -52,3 +52,30 @@ fn the_cached_demo_misses_then_hits_and_rejects_bad_arguments() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("--input"));
 }
+
+#[test]
+fn in_a_terminal_a_running_flow_shows_live_progress() {
+    // `script` (util-linux) runs the demo on a pseudo-terminal, as a person would.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping: no `script` command to make a terminal");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let cmd = format!("{} --input 7 8 9", demo().display());
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("WEIR_HOME", home.path())
+        .env_remove("WEIR_PROGRESS")
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    // The live line, redrawn while the 3 s task runs: counts and elapsed time.
+    assert!(
+        screen.contains("cached_inputs") && screen.contains("1 running"),
+        "{screen}"
+    );
+    assert!(screen.contains("00:00:0"), "elapsed time on the live line: {screen}");
+    assert!(screen.contains("= 24 (cache miss"), "{screen}");
+}
