@@ -323,6 +323,59 @@ pub(crate) fn blob_path(blob_hex: &str) -> String {
     format!("v1/blobs/{}/{blob_hex}", blob_hex.get(..2).unwrap_or("__"))
 }
 
+/// Why a manifest cannot be used, as the answer a lookup gives.
+enum Unusable {
+    Missing,
+    Corrupt(String),
+    Expired(Box<EntryMeta>),
+}
+
+impl From<Unusable> for Lookup {
+    fn from(u: Unusable) -> Lookup {
+        match u {
+            Unusable::Missing => Lookup::Miss,
+            Unusable::Corrupt(reason) => Lookup::Corrupt { reason },
+            Unusable::Expired(meta) => Lookup::Expired { meta: *meta },
+        }
+    }
+}
+
+impl From<Unusable> for FileLookup {
+    fn from(u: Unusable) -> FileLookup {
+        match u {
+            Unusable::Missing => FileLookup::Miss,
+            Unusable::Corrupt(reason) => FileLookup::Corrupt { reason },
+            Unusable::Expired(meta) => FileLookup::Expired { meta: *meta },
+        }
+    }
+}
+
+/// What a named result is stored from.
+enum NamedData {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+fn blob_mode(mode: PutMode) -> WriteMode {
+    match mode {
+        PutMode::IfAbsent => WriteMode::IfAbsent,
+        PutMode::Replace => WriteMode::Overwrite,
+    }
+}
+
+/// Fills in a file result's manifest fields (hash, size, serializer) from the file itself.
+fn describe_file(meta: &mut EntryMeta, src: &Path) -> Result<(), StoreError> {
+    let (hash, size) = crate::stream::hash_file(src)
+        .map_err(|e| StoreError::Config(format!("cannot read the result file {}: {e}", src.display())))?;
+    meta.format = MANIFEST_FORMAT;
+    meta.serializer = "file".into();
+    meta.compression = None;
+    meta.blob = hash;
+    meta.size = size;
+    meta.raw_size = size;
+    Ok(())
+}
+
 fn lease_dir(key: &CacheKey) -> String {
     format!("v1/leases/{}/", key.to_hex())
 }
@@ -364,20 +417,26 @@ impl Store {
         })))
     }
 
+    /// Reads a live manifest, or says why there is none usable (missing, unreadable, expired).
+    async fn manifest_at(&self, path: &str, now: i64) -> Result<Result<EntryMeta, Unusable>, StoreError> {
+        Ok(match self.read_manifest(path).await? {
+            None => Err(Unusable::Missing),
+            Some(Err(reason)) => Err(Unusable::Corrupt(reason)),
+            Some(Ok(m)) if m.expires_at.is_some_and(|exp| exp <= now) => Err(Unusable::Expired(Box::new(m))),
+            Some(Ok(m)) => Ok(m),
+        })
+    }
+
     async fn get_impl(&self, key: &CacheKey, now: i64) -> Result<Lookup, StoreError> {
         let path = self.manifest_path(key);
-        let meta = match self.read_manifest(&path).await? {
-            None => return Ok(Lookup::Miss),
-            Some(Err(reason)) => return Ok(Lookup::Corrupt { reason }),
-            Some(Ok(m)) => m,
+        let meta = match self.manifest_at(&path, now).await? {
+            Ok(m) => m,
+            Err(unusable) => return Ok(unusable.into()),
         };
         if meta.key != key.to_hex() {
             return Ok(Lookup::Corrupt {
                 reason: format!("manifest {path} belongs to key {}", meta.key),
             });
-        }
-        if meta.expires_at.is_some_and(|exp| exp <= now) {
-            return Ok(Lookup::Expired { meta });
         }
         let bpath = blob_path(&meta.blob);
         // A manifest whose data is gone is a miss, never an error.
@@ -442,23 +501,26 @@ impl Store {
         // Blob first. A blob that exists has this content (its name is its hash) unless it
         // was damaged, which is why entries are replaced after a corrupt read: then the
         // blob is rewritten too.
-        let blob_mode = match mode {
-            PutMode::IfAbsent => WriteMode::IfAbsent,
-            PutMode::Replace => WriteMode::Overwrite,
-        };
-        self.backend.write(&blob_path(&meta.blob), stored, blob_mode).await?;
+        self.backend
+            .write(&blob_path(&meta.blob), stored, blob_mode(mode))
+            .await?;
 
         // Manifest last.
-        self.publish_manifest(meta, mode).await
+        let path = manifest_path(&meta.key);
+        self.publish_manifest(&path, meta, mode).await
     }
 
-    /// Writes the manifest, last: create-if-absent, or replace.
-    async fn publish_manifest(&self, meta: EntryMeta, mode: PutMode) -> Result<(PutOutcome, EntryMeta), StoreError> {
+    /// Writes a manifest, last: create-if-absent, or replace.
+    async fn publish_manifest(
+        &self,
+        path: &str,
+        meta: EntryMeta,
+        mode: PutMode,
+    ) -> Result<(PutOutcome, EntryMeta), StoreError> {
         let manifest = serde_json::to_vec_pretty(&meta)?;
-        let path = manifest_path(&meta.key);
         let written = match mode {
-            PutMode::IfAbsent => self.backend.write(&path, manifest, WriteMode::IfAbsent).await?,
-            PutMode::Replace => self.backend.write(&path, manifest, WriteMode::Overwrite).await?,
+            PutMode::IfAbsent => self.backend.write(path, manifest, WriteMode::IfAbsent).await?,
+            PutMode::Replace => self.backend.write(path, manifest, WriteMode::Overwrite).await?,
         };
         Ok(match written {
             Written::Created => (PutOutcome::Published, meta),
@@ -472,42 +534,44 @@ impl Store {
         src: PathBuf,
         mode: PutMode,
     ) -> Result<(PutOutcome, EntryMeta), StoreError> {
-        let (hash, size) = crate::stream::hash_file(&src)
-            .map_err(|e| StoreError::Config(format!("cannot read the result file {}: {e}", src.display())))?;
-        meta.format = MANIFEST_FORMAT;
-        meta.serializer = "file".into();
-        meta.compression = None;
-        meta.blob = hash;
-        meta.size = size;
-        meta.raw_size = size;
-        let blob_mode = match mode {
-            PutMode::IfAbsent => WriteMode::IfAbsent,
-            PutMode::Replace => WriteMode::Overwrite,
-        };
-        self.backend.write_file(&blob_path(&meta.blob), &src, blob_mode).await?;
-        self.publish_manifest(meta, mode).await
+        describe_file(&mut meta, &src)?;
+        self.backend
+            .write_file(&blob_path(&meta.blob), &src, blob_mode(mode))
+            .await?;
+        let path = manifest_path(&meta.key);
+        self.publish_manifest(&path, meta, mode).await
     }
 
     async fn get_file_impl(&self, key: &CacheKey, now: i64, dest_dir: &Path) -> Result<FileLookup, StoreError> {
-        let path = self.manifest_path(key);
-        let meta = match self.read_manifest(&path).await? {
-            None => return Ok(FileLookup::Miss),
-            Some(Err(reason)) => return Ok(FileLookup::Corrupt { reason }),
-            Some(Ok(m)) => m,
+        let meta = match self.manifest_at(&self.manifest_path(key), now).await? {
+            Ok(m) => m,
+            Err(unusable) => return Ok(unusable.into()),
         };
-        if meta.expires_at.is_some_and(|exp| exp <= now) {
-            return Ok(FileLookup::Expired { meta });
-        }
         let bpath = blob_path(&meta.blob);
+        // Blobs are immutable once published, so they can be mapped to hash them.
+        let changed = |p: &Path| format!("blob {} does not match its checksum", p.display());
+        self.fetch_file(meta, &bpath, dest_dir, crate::stream::hash_immutable_file, changed)
+            .await
+    }
+
+    /// Makes the stored file `data_path` available on local disk, verified against
+    /// `meta.blob`: in place for folders, else downloaded once into `dest_dir`.
+    async fn fetch_file(
+        &self,
+        meta: EntryMeta,
+        data_path: &str,
+        dest_dir: &Path,
+        hash: fn(&Path) -> std::io::Result<(String, u64)>,
+        changed: impl Fn(&Path) -> String,
+    ) -> Result<FileLookup, StoreError> {
         let verify = |p: &Path| -> Result<bool, StoreError> {
-            match crate::stream::hash_immutable_file(p) {
+            match hash(p) {
                 Ok((h, _)) => Ok(h == meta.blob),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
                 Err(e) => Err(StoreError::Config(format!("cannot read {}: {e}", p.display()))),
             }
         };
-        // A folder: the blob itself is the file.
-        if let Some(local) = self.backend.local_path(&bpath) {
+        if let Some(local) = self.backend.local_path(data_path) {
             if !local.exists() {
                 return Ok(FileLookup::Miss);
             }
@@ -515,11 +579,10 @@ impl Store {
                 FileLookup::Hit { meta, path: local }
             } else {
                 FileLookup::Corrupt {
-                    reason: format!("blob {} does not match its checksum", local.display()),
+                    reason: changed(&local),
                 }
             });
         }
-        // Elsewhere: downloaded once into dest_dir, named by its hash.
         let dest = dest_dir.join(&meta.blob);
         if dest.exists() && verify(&dest)? {
             return Ok(FileLookup::Hit { meta, path: dest });
@@ -527,8 +590,7 @@ impl Store {
         std::fs::create_dir_all(dest_dir)
             .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dest_dir.display())))?;
         let tmp = dest_dir.join(format!(".{}.{}.part", meta.blob, std::process::id()));
-        let got = self.backend.read_to_file(&bpath, &tmp).await?;
-        match got {
+        match self.backend.read_to_file(data_path, &tmp).await? {
             None => {
                 let _ = std::fs::remove_file(&tmp);
                 Ok(FileLookup::Miss)
@@ -541,10 +603,7 @@ impl Store {
             Some(_) => {
                 let _ = std::fs::remove_file(&tmp);
                 Ok(FileLookup::Corrupt {
-                    reason: format!(
-                        "blob {bpath} in {} does not match its checksum",
-                        self.backend.location()
-                    ),
+                    reason: format!("{data_path} in {} does not match its checksum", self.backend.location()),
                 })
             }
         }
@@ -552,15 +611,10 @@ impl Store {
 
     async fn get_named_impl(&self, name: &str, now: i64) -> Result<Lookup, StoreError> {
         validate_name(name)?;
-        let mpath = named_manifest_path(name);
-        let meta = match self.read_manifest(&mpath).await? {
-            None => return Ok(Lookup::Miss),
-            Some(Err(reason)) => return Ok(Lookup::Corrupt { reason }),
-            Some(Ok(m)) => m,
+        let meta = match self.manifest_at(&named_manifest_path(name), now).await? {
+            Ok(m) => m,
+            Err(unusable) => return Ok(unusable.into()),
         };
-        if meta.expires_at.is_some_and(|exp| exp <= now) {
-            return Ok(Lookup::Expired { meta });
-        }
         let Some(bytes) = self.backend.read(&named_data_path(name)).await? else {
             return Ok(Lookup::Miss);
         };
@@ -575,127 +629,56 @@ impl Store {
         Ok(Lookup::Hit { meta, bytes })
     }
 
-    async fn put_named_impl(
+    /// Stores a named result: the data at its readable name, then its manifest. Stored as
+    /// serialized, uncompressed: the point of a named result is that people and other
+    /// programs can read it where they expect it.
+    async fn put_named_data(
         &self,
         mut meta: EntryMeta,
-        bytes: Vec<u8>,
+        data: NamedData,
         mode: PutMode,
     ) -> Result<(PutOutcome, EntryMeta), StoreError> {
         let name = meta.key.clone();
         validate_name(&name)?;
-        meta.format = MANIFEST_FORMAT;
-        meta.raw_size = bytes.len() as u64;
-        meta.size = bytes.len() as u64;
-        // Stored as serialized, uncompressed: the point of a named result is that people and
-        // other programs can read it where they expect it.
-        meta.compression = None;
-        meta.blob = blake3::hash(&bytes).to_hex().to_string();
+        match &data {
+            NamedData::Bytes(bytes) => {
+                meta.format = MANIFEST_FORMAT;
+                meta.raw_size = bytes.len() as u64;
+                meta.size = bytes.len() as u64;
+                meta.compression = None;
+                meta.blob = blake3::hash(bytes).to_hex().to_string();
+            }
+            NamedData::File(src) => describe_file(&mut meta, src)?,
+        }
         let mpath = named_manifest_path(&name);
         if mode == PutMode::IfAbsent && self.backend.read(&mpath).await?.is_some() {
             return Ok((PutOutcome::AlreadyPresent, meta));
         }
-        self.backend
-            .write(&named_data_path(&name), bytes, WriteMode::Overwrite)
-            .await?;
-        let manifest = serde_json::to_vec_pretty(&meta)?;
-        let written = match mode {
-            PutMode::IfAbsent => self.backend.write(&mpath, manifest, WriteMode::IfAbsent).await?,
-            PutMode::Replace => self.backend.write(&mpath, manifest, WriteMode::Overwrite).await?,
+        let dpath = named_data_path(&name);
+        match data {
+            NamedData::Bytes(bytes) => self.backend.write(&dpath, bytes, WriteMode::Overwrite).await?,
+            NamedData::File(src) => self.backend.write_file(&dpath, &src, WriteMode::Overwrite).await?,
         };
-        Ok(match written {
-            Written::Created => (PutOutcome::Published, meta),
-            Written::Exists => (PutOutcome::AlreadyPresent, meta),
-        })
-    }
-
-    async fn put_named_file_impl(
-        &self,
-        mut meta: EntryMeta,
-        src: PathBuf,
-        mode: PutMode,
-    ) -> Result<(PutOutcome, EntryMeta), StoreError> {
-        let name = meta.key.clone();
-        validate_name(&name)?;
-        let (hash, size) = crate::stream::hash_file(&src)
-            .map_err(|e| StoreError::Config(format!("cannot read the result file {}: {e}", src.display())))?;
-        meta.format = MANIFEST_FORMAT;
-        meta.serializer = "file".into();
-        meta.compression = None;
-        meta.blob = hash;
-        meta.size = size;
-        meta.raw_size = size;
-        let mpath = named_manifest_path(&name);
-        if mode == PutMode::IfAbsent && self.backend.read(&mpath).await?.is_some() {
-            return Ok((PutOutcome::AlreadyPresent, meta));
-        }
-        self.backend
-            .write_file(&named_data_path(&name), &src, WriteMode::Overwrite)
-            .await?;
-        let manifest = serde_json::to_vec_pretty(&meta)?;
-        let written = match mode {
-            PutMode::IfAbsent => self.backend.write(&mpath, manifest, WriteMode::IfAbsent).await?,
-            PutMode::Replace => self.backend.write(&mpath, manifest, WriteMode::Overwrite).await?,
-        };
-        Ok(match written {
-            Written::Created => (PutOutcome::Published, meta),
-            Written::Exists => (PutOutcome::AlreadyPresent, meta),
-        })
+        self.publish_manifest(&mpath, meta, mode).await
     }
 
     async fn get_named_file_impl(&self, name: &str, now: i64, dest_dir: &Path) -> Result<FileLookup, StoreError> {
         validate_name(name)?;
-        let meta = match self.read_manifest(&named_manifest_path(name)).await? {
-            None => return Ok(FileLookup::Miss),
-            Some(Err(reason)) => return Ok(FileLookup::Corrupt { reason }),
-            Some(Ok(m)) => m,
+        let meta = match self.manifest_at(&named_manifest_path(name), now).await? {
+            Ok(m) => m,
+            Err(unusable) => return Ok(unusable.into()),
         };
-        if meta.expires_at.is_some_and(|exp| exp <= now) {
-            return Ok(FileLookup::Expired { meta });
-        }
-        let dpath = named_data_path(name);
         // A named file is meant to be read (and may be edited) by people: hash it by reading
         // in chunks, never by mapping it.
-        let verify = |p: &Path| match crate::stream::hash_file(p) {
-            Ok((h, _)) => Ok(h == meta.blob),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(StoreError::Config(format!("cannot read {}: {e}", p.display()))),
-        };
-        if let Some(local) = self.backend.local_path(&dpath) {
-            if !local.exists() {
-                return Ok(FileLookup::Miss);
-            }
-            return Ok(if verify(&local)? {
-                FileLookup::Hit { meta, path: local }
-            } else {
-                FileLookup::Corrupt {
-                    reason: format!("named result {} was changed since it was stored", local.display()),
-                }
-            });
-        }
-        let dest = dest_dir.join(&meta.blob);
-        if dest.exists() && verify(&dest)? {
-            return Ok(FileLookup::Hit { meta, path: dest });
-        }
-        std::fs::create_dir_all(dest_dir)
-            .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dest_dir.display())))?;
-        let tmp = dest_dir.join(format!(".{}.{}.part", meta.blob, std::process::id()));
-        match self.backend.read_to_file(&dpath, &tmp).await? {
-            None => {
-                let _ = std::fs::remove_file(&tmp);
-                Ok(FileLookup::Miss)
-            }
-            Some((hash, _)) if hash == meta.blob => {
-                std::fs::rename(&tmp, &dest)
-                    .map_err(|e| StoreError::Config(format!("cannot move into {}: {e}", dest.display())))?;
-                Ok(FileLookup::Hit { meta, path: dest })
-            }
-            Some(_) => {
-                let _ = std::fs::remove_file(&tmp);
-                Ok(FileLookup::Corrupt {
-                    reason: format!("named result {name} does not match its checksum"),
-                })
-            }
-        }
+        let changed = |p: &Path| format!("named result {} was changed since it was stored", p.display());
+        self.fetch_file(
+            meta,
+            &named_data_path(name),
+            dest_dir,
+            crate::stream::hash_file,
+            changed,
+        )
+        .await
     }
 
     async fn entries_impl(&self) -> Result<Vec<EntryMeta>, StoreError> {
@@ -964,7 +947,7 @@ impl ResultStore for Store {
         src: PathBuf,
         mode: PutMode,
     ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
-        Box::pin(self.put_named_file_impl(meta, src, mode))
+        Box::pin(self.put_named_data(meta, NamedData::File(src), mode))
     }
 
     fn get_named_file<'a>(
@@ -1004,6 +987,6 @@ impl ResultStore for Store {
         bytes: Vec<u8>,
         mode: PutMode,
     ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
-        Box::pin(self.put_named_impl(meta, bytes, mode))
+        Box::pin(self.put_named_data(meta, NamedData::Bytes(bytes), mode))
     }
 }

@@ -237,10 +237,14 @@ impl Db {
     }
 
     async fn migrate(&self) -> Result<(), sqlx::Error> {
-        let migrations: &[(i64, &str)] = match self.kind {
-            Kind::Sqlite => &[(1, include_str!("../migrations/sqlite/0001_init.sql"))],
-            Kind::Postgres => &[(1, include_str!("../migrations/postgres/0001_init.sql"))],
+        let sequence_key = match self.kind {
+            Kind::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            Kind::Postgres => "BIGSERIAL PRIMARY KEY",
         };
+        let migrations: [(i64, String); 1] = [(
+            1,
+            include_str!("../migrations/0001_init.sql").replace("{{SEQUENCE_KEY}}", sequence_key),
+        )];
         sqlx::query("CREATE TABLE IF NOT EXISTS weir_migrations (version BIGINT PRIMARY KEY)")
             .execute(&self.pool)
             .await?;
@@ -257,12 +261,15 @@ impl Db {
             .iter()
             .map(|r| r.try_get::<i64, _>(0))
             .collect::<Result<_, _>>()?;
-        for (version, sql) in migrations {
+        for (version, sql) in &migrations {
             if done.contains(version) {
                 continue;
             }
             for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                sqlx::query(stmt).execute(&mut *tx).await?;
+                // Our own migration text with a fixed substitution: no outside input.
+                sqlx::query(sqlx::AssertSqlSafe(stmt.to_string()))
+                    .execute(&mut *tx)
+                    .await?;
             }
             sqlx::query("INSERT INTO weir_migrations (version) VALUES ($1)")
                 .bind(*version)

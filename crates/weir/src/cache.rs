@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use weir_cache::canonical::CanonicalError;
 use weir_cache::{
     CacheKey, EntryMeta, Format, KeyParts, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore,
@@ -84,28 +85,23 @@ async fn lookup_file<T>(
     let dir = crate::engine::get().settings.artifacts_dir.clone();
     let store = store.clone();
     let key = *key;
-    // Verifying a large file's hash takes a while: off the async workers.
-    let found = tokio::task::spawn_blocking(move || {
-        tokio::runtime::Handle::current().block_on(store.get_file(&key, weir_types::time::now_micros(), &dir))
+    let found = on_blocking_pool(store, move |s| {
+        Box::pin(async move { s.get_file(&key, weir_types::time::now_micros(), &dir).await })
     })
     .await;
     match found {
-        Ok(Ok(weir_cache::FileLookup::Hit { path, .. })) => match from_file(path) {
+        Ok(weir_cache::FileLookup::Hit { path, .. }) => match from_file(path) {
             Some(v) => Found::Value(v),
             None => Found::Compute(PutMode::Replace),
         },
-        Ok(Ok(weir_cache::FileLookup::Miss)) => Found::Compute(PutMode::IfAbsent),
-        Ok(Ok(weir_cache::FileLookup::Expired { .. })) => Found::Compute(PutMode::Replace),
-        Ok(Ok(weir_cache::FileLookup::Corrupt { reason })) => {
+        Ok(weir_cache::FileLookup::Miss) => Found::Compute(PutMode::IfAbsent),
+        Ok(weir_cache::FileLookup::Expired { .. }) => Found::Compute(PutMode::Replace),
+        Ok(weir_cache::FileLookup::Corrupt { reason }) => {
             tracing::warn!(target: "weir::cache", "cached file of {} is damaged ({reason}); recomputing", spec.name);
             Found::Compute(PutMode::Replace)
         }
-        Ok(Err(e)) => {
-            tracing::warn!(target: "weir::cache", "result store unavailable ({e}); computing {} without the cache", spec.name);
-            Found::Compute(PutMode::IfAbsent)
-        }
         Err(e) => {
-            tracing::warn!(target: "weir::cache", "cache lookup of {} failed ({e})", spec.name);
+            tracing::warn!(target: "weir::cache", "result store unavailable ({e}); computing {} without the cache", spec.name);
             Found::Compute(PutMode::IfAbsent)
         }
     }
@@ -278,15 +274,8 @@ pub(crate) async fn publish<T>(
             return value;
         };
         let task = meta.task.clone();
-        let write_store = store.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            tokio::runtime::Handle::current().block_on(write_store.put_file(meta, src, mode))
-        })
-        .await;
-        match outcome {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(target: "weir::cache", "could not store the file result of {task} ({e})"),
-            Err(e) => tracing::warn!(target: "weir::cache", "could not store the file result of {task} ({e})"),
+        if let Err(e) = on_blocking_pool(store, move |s| s.put_file(meta, src, mode)).await {
+            tracing::warn!(target: "weir::cache", "could not store the file result of {task} ({e})");
         }
         return value;
     }
@@ -299,15 +288,9 @@ pub(crate) async fn publish<T>(
     };
     let key = meta.key.clone();
     let task = meta.task.clone();
-    // fsync, link and uploads take milliseconds: keep them off the async workers.
-    let write_store = store.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        tokio::runtime::Handle::current().block_on(write_store.put(meta, bytes, mode))
-    })
-    .await;
-    match outcome {
-        Ok(Ok((PutOutcome::Published, _))) => value,
-        Ok(Ok((PutOutcome::AlreadyPresent, _))) => {
+    match on_blocking_pool(store.clone(), move |s| s.put(meta, bytes, mode)).await {
+        Ok((PutOutcome::Published, _)) => value,
+        Ok((PutOutcome::AlreadyPresent, _)) => {
             let Ok(parsed) = key.parse::<CacheKey>() else {
                 return value;
             };
@@ -318,12 +301,8 @@ pub(crate) async fn publish<T>(
                 _ => value,
             }
         }
-        Ok(Err(e)) => {
-            tracing::warn!(target: "weir::cache", "could not store the result of {task} ({e}); it will be recomputed next time");
-            value
-        }
         Err(e) => {
-            tracing::warn!(target: "weir::cache", "could not store the result of {task} ({e})");
+            tracing::warn!(target: "weir::cache", "could not store the result of {task} ({e}); it will be recomputed next time");
             value
         }
     }
@@ -388,6 +367,18 @@ pub(crate) fn render_key(template: &str, ctx: &KeyContext<'_>) -> Result<String,
     Ok(out)
 }
 
+/// Runs store I/O that takes milliseconds (fsync, link, uploads, hashing large files) on the
+/// blocking pool instead of the async workers.
+async fn on_blocking_pool<T: Send + 'static>(
+    store: Arc<dyn ResultStore>,
+    op: impl for<'a> FnOnce(&'a dyn ResultStore) -> BoxFuture<'a, Result<T, weir_cache::StoreError>> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(move || tokio::runtime::Handle::current().block_on(op(store.as_ref())))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 /// Publishes a named result (already serialized).
 pub(crate) async fn publish_named(
     store: Arc<dyn ResultStore>,
@@ -395,11 +386,9 @@ pub(crate) async fn publish_named(
     bytes: Vec<u8>,
     mode: PutMode,
 ) -> Result<PutOutcome, String> {
-    tokio::task::spawn_blocking(move || tokio::runtime::Handle::current().block_on(store.put_named(meta, bytes, mode)))
+    on_blocking_pool(store, move |s| s.put_named(meta, bytes, mode))
         .await
-        .map_err(|e| e.to_string())?
         .map(|(o, _)| o)
-        .map_err(|e| e.to_string())
 }
 
 /// Publishes a named file result, streaming the file.
@@ -409,13 +398,9 @@ pub(crate) async fn publish_named_file(
     src: std::path::PathBuf,
     mode: PutMode,
 ) -> Result<PutOutcome, String> {
-    tokio::task::spawn_blocking(move || {
-        tokio::runtime::Handle::current().block_on(store.put_named_file(meta, src, mode))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map(|(o, _)| o)
-    .map_err(|e| e.to_string())
+    on_blocking_pool(store, move |s| s.put_named_file(meta, src, mode))
+        .await
+        .map(|(o, _)| o)
 }
 
 #[cfg(test)]

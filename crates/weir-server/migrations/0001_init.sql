@@ -1,3 +1,5 @@
+-- One schema for SQLite and PostgreSQL. The one dialect difference, an auto-incrementing
+-- primary key, is the SEQUENCE_KEY placeholder below, filled in by Db::migrate. No semicolons in comments: statements are split on them.
 CREATE TABLE flows (
     name        TEXT PRIMARY KEY,
     path        TEXT NOT NULL,
@@ -51,7 +53,7 @@ CREATE TABLE task_runs (
 );
 CREATE INDEX task_runs_by_flow_run ON task_runs (flow_run_id, created_at, id);
 CREATE TABLE logs (
-    seq          BIGSERIAL PRIMARY KEY,
+    seq          {{SEQUENCE_KEY}},
     dedupe       TEXT NOT NULL UNIQUE,
     flow_run_id  TEXT,
     task_run_id  TEXT,
