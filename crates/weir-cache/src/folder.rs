@@ -60,7 +60,14 @@ impl FolderBackend {
         }
     }
 
-    fn write_sync(&self, path: &str, bytes: &[u8], mode: WriteMode) -> Result<Written, BackendError> {
+    /// Writes `path` the safe way: `fill` writes a temp file in `tmp/`, which is fsynced and
+    /// then published (see [`FolderBackend::publish`]).
+    fn write_via_temp(
+        &self,
+        path: &str,
+        mode: WriteMode,
+        fill: impl FnOnce(&mut tempfile::NamedTempFile) -> Result<(), BackendError>,
+    ) -> Result<Written, BackendError> {
         let dest = self.path_of(path);
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(|e| self.err("create", parent, e))?;
@@ -69,11 +76,17 @@ impl FolderBackend {
             .prefix(".w-")
             .tempfile_in(&self.tmp)
             .map_err(|e| self.err("create", &self.tmp, e))?;
-        tmp.write_all(bytes).map_err(|e| self.err("write", tmp.path(), e))?;
+        fill(&mut tmp)?;
         if self.fsync {
             tmp.as_file().sync_all().map_err(|e| self.err("fsync", tmp.path(), e))?;
         }
         self.publish(tmp, &dest, mode)
+    }
+
+    fn write_sync(&self, path: &str, bytes: &[u8], mode: WriteMode) -> Result<Written, BackendError> {
+        self.write_via_temp(path, mode, |tmp| {
+            tmp.write_all(bytes).map_err(|e| self.err("write", tmp.path(), e))
+        })
     }
 
     /// Publishes a finished temp file under `dest`: `link(2)` for create-if-absent (fails if
@@ -94,32 +107,21 @@ impl FolderBackend {
     }
 
     fn write_file_sync(&self, path: &str, src: &Path, mode: WriteMode) -> Result<Written, BackendError> {
-        let dest = self.path_of(path);
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(|e| self.err("create", parent, e))?;
-        }
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".w-")
-            .tempfile_in(&self.tmp)
-            .map_err(|e| self.err("create", &self.tmp, e))?;
-        let mut input = fs::File::open(src).map_err(|e| self.err("open", src, e))?;
-        // std::io::copy uses copy_file_range on Linux: the kernel moves the bytes.
-        io::copy(&mut input, tmp.as_file_mut()).map_err(|e| self.err("copy", tmp.path(), e))?;
-        if self.fsync {
-            tmp.as_file().sync_all().map_err(|e| self.err("fsync", tmp.path(), e))?;
-        }
-        // Hits hand this very file to tasks: read-only, so nobody edits a stored result by
-        // accident.
-        let mut perms = tmp
-            .as_file()
-            .metadata()
-            .map_err(|e| self.err("stat", tmp.path(), e))?
-            .permissions();
-        perms.set_readonly(true);
-        tmp.as_file()
-            .set_permissions(perms)
-            .map_err(|e| self.err("chmod", tmp.path(), e))?;
-        self.publish(tmp, &dest, mode)
+        self.write_via_temp(path, mode, |tmp| {
+            let mut input = fs::File::open(src).map_err(|e| self.err("open", src, e))?;
+            // std::io::copy uses copy_file_range on Linux: the kernel moves the bytes.
+            io::copy(&mut input, tmp.as_file_mut()).map_err(|e| self.err("copy", tmp.path(), e))?;
+            // Hits hand this very file to tasks: read-only, so nobody edits a stored result by
+            // accident.
+            let file = tmp.as_file();
+            let mut perms = file
+                .metadata()
+                .map_err(|e| self.err("stat", tmp.path(), e))?
+                .permissions();
+            perms.set_readonly(true);
+            file.set_permissions(perms)
+                .map_err(|e| self.err("chmod", tmp.path(), e))
+        })
     }
 
     fn read_to_file_sync(&self, path: &str, dest: &Path) -> Result<Option<(String, u64)>, BackendError> {
