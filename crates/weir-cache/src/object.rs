@@ -42,6 +42,40 @@ impl ObjectBackend {
     }
 }
 
+impl ObjectBackend {
+    /// Deletes `path` if its ETag is still `etag` (a conditional DELETE where the service
+    /// has one; S3 does). Where it has not, or the server refuses the condition, the delete
+    /// is plain: the window since the caller's check is then a round trip, not zero.
+    async fn delete_matching(&self, path: &str, etag: Option<&str>) -> Result<bool, BackendError> {
+        if let Some(tag) = etag
+            && self.op.info().capability().delete_with_if_match
+        {
+            let opts = opendal::options::DeleteOptions {
+                if_match: Some(tag.to_string()),
+                ..Default::default()
+            };
+            match self.op.delete_options(path, opts).await {
+                Ok(()) => return Ok(true),
+                Err(e) if matches!(e.kind(), ErrorKind::ConditionNotMatch | ErrorKind::NotFound) => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Unsupported => {}
+                Err(e) => return Err(err(&self.location, "delete", path, e)),
+            }
+        }
+        match self.op.delete(path).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(err(&self.location, "delete", path, e)),
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 fn err(backend: &str, op: &'static str, path: &str, e: opendal::Error) -> BackendError {
     BackendError {
         backend: backend.to_string(),
@@ -198,6 +232,63 @@ impl Backend for ObjectBackend {
                 Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(err(&self.location, "delete", path, e)),
             }
+        })
+    }
+
+    fn refresh<'a>(&'a self, path: &'a str, max_age: i64) -> BoxFuture<'a, Result<bool, BackendError>> {
+        // There is no "touch" in object storage (copying an object onto itself is refused
+        // unless its metadata changes), so a writer that finds a blob re-uploads it, but
+        // only when it is older than `max_age`: see `BLOB_REFRESH_AGE` in the store.
+        Box::pin(async move {
+            match self.op.stat(path).await {
+                Ok(m) => Ok(m
+                    .last_modified()
+                    .is_some_and(|t| t.into_inner().as_microsecond() > now_micros() - max_age)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(err(&self.location, "stat", path, e)),
+            }
+        })
+    }
+
+    fn delete_if_unchanged<'a>(
+        &'a self,
+        path: &'a str,
+        expected: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let etag = match self.op.stat(path).await {
+                Ok(m) => m.etag().map(str::to_string),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(err(&self.location, "stat", path, e)),
+            };
+            let read = match &etag {
+                Some(tag) => self.op.read_with(path).if_match(tag).await,
+                None => self.op.read(path).await,
+            };
+            match read {
+                Ok(b) if b.to_vec() == expected => {}
+                Ok(_) => return Ok(false),
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConditionNotMatch) => return Ok(false),
+                Err(e) => return Err(err(&self.location, "read", path, e)),
+            }
+            self.delete_matching(path, etag.as_deref()).await
+        })
+    }
+
+    fn delete_if_older<'a>(&'a self, path: &'a str, cutoff: i64) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let (modified, etag) = match self.op.stat(path).await {
+                Ok(m) => (
+                    m.last_modified().map(|t| t.into_inner().as_microsecond()).unwrap_or(0),
+                    m.etag().map(str::to_string),
+                ),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(err(&self.location, "stat", path, e)),
+            };
+            if modified > cutoff {
+                return Ok(false);
+            }
+            self.delete_matching(path, etag.as_deref()).await
         })
     }
 

@@ -21,32 +21,61 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// BLAKE3 (hex) and size of a file, read in chunks and hashed on all cores (BLAKE3's tree
-/// hashing is what makes verifying a large result on every hit affordable). Not mmap: mapped
-/// pages would count against the process's memory, and a file truncated under a mapping
-/// kills the process.
+/// hashing is what makes verifying a large result on every hit affordable).
+///
+/// Not mmap: mapped pages count against the process's memory, and a file truncated under a
+/// mapping kills the process (SIGBUS) — and files handed to tasks, downloaded copies and
+/// anything on NFS can be truncated by someone else. Instead one thread reads the next
+/// chunk while this one hashes the last, so the cost is close to the slower of the two
+/// rather than their sum; memory stays at three chunks.
 pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
-    hash_copy(std::fs::File::open(path)?, &mut io::sink())
-}
-
-/// BLAKE3 (hex) and size of a file that nobody modifies in place, such as a published blob:
-/// mapped in 32 MiB windows (no copy, and at most one window resident) and hashed on all
-/// cores. Used to verify large results on every hit at close to the disk's read speed.
-pub fn hash_immutable_file(path: &Path) -> io::Result<(String, u64)> {
-    const WINDOW: u64 = 32 << 20;
-    let file = std::fs::File::open(path)?;
-    let size = file.metadata()?.len();
-    let mut hasher = blake3::Hasher::new();
-    let mut offset = 0u64;
-    while offset < size {
-        let len = WINDOW.min(size - offset) as usize;
-        // SAFETY: callers pass files that are never truncated or rewritten in place: blobs
-        // are published by linking a finished temp file and replaced only by renaming a new
-        // file over the name, which leaves the mapped inode intact.
-        let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map(&file)? };
-        hasher.update_rayon(&map);
-        offset += len as u64;
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len <= CHUNK as u64 {
+        // One chunk: a reader thread would cost more than it saves.
+        return hash_copy(file, &mut io::sink());
     }
-    Ok((hasher.finalize().to_hex().to_string(), size))
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(1);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        let _ = empty_tx.send(vec![0u8; CHUNK]);
+    }
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut spare = Some(vec![0u8; CHUNK]);
+            loop {
+                let mut buf = match spare.take() {
+                    Some(b) => b,
+                    None => match empty_rx.recv() {
+                        Ok(b) => b,
+                        // The hasher stopped (an error): nothing more to do.
+                        Err(_) => return,
+                    },
+                };
+                let read = read_full(&mut file, &mut buf);
+                let done = !matches!(read, Ok(n) if n > 0);
+                if full_tx.send(read.map(|n| (buf, n))).is_err() || done {
+                    return;
+                }
+            }
+        });
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        loop {
+            let (buf, n) = match full_rx.recv() {
+                Ok(r) => r?,
+                Err(_) => break,
+            };
+            if n == 0 {
+                break;
+            }
+            hasher.update_rayon(&buf[..n]);
+            size += n as u64;
+            // The reader may have finished already; then the buffer is simply dropped.
+            let _ = empty_tx.send(buf);
+        }
+        Ok((hasher.finalize().to_hex().to_string(), size))
+    })
 }
 
 /// Copies `input` to `out` in chunks, hashing on the way.

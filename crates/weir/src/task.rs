@@ -770,6 +770,7 @@ fn entry_meta<T>(spec: &TaskSpec, scope: &Scope, task_run: TaskRunId, key: Strin
             .as_ref()
             .map(|m| m.parts(spec).input_digests())
             .unwrap_or_default(),
+        inline: None,
     }
 }
 

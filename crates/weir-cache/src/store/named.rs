@@ -21,7 +21,10 @@ impl Store {
             Err(unusable) => return Ok(unusable.into()),
         };
         let Some(bytes) = self.backend.read(&named_data_path(name)).await? else {
-            return Ok(Lookup::Miss);
+            // A manifest without its data must be replaced, not kept (see `Lookup::Corrupt`).
+            return Ok(Lookup::Corrupt {
+                reason: format!("named result {name} in {} is missing", self.backend.location()),
+            });
         };
         if blake3::hash(&bytes).to_hex().as_str() != meta.blob {
             return Ok(Lookup::Corrupt {
