@@ -390,11 +390,13 @@ fn unique() -> u64 {
     t ^ ((std::process::id() as u64) << 32)
 }
 
-/// Large enough to be stored as a blob, not inside the manifest.
+/// Large enough to be stored as a blob, not inside the manifest; different every time it
+/// runs (as results with a timestamp are), so a recomputed result has a blob of its own.
 #[weir::task(cache = "inputs")]
 async fn big(x: u64) -> anyhow::Result<String> {
-    bump(&format!("big-{x}"));
-    Ok(format!("{x}:").repeat(4096))
+    let what = format!("big-{x}");
+    bump(&what);
+    Ok(format!("{x}:{}:", count(&what)).repeat(4096))
 }
 
 #[weir::flow]
