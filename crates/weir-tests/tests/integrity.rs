@@ -462,3 +462,30 @@ async fn a_hit_file_survives_gc_while_the_flow_reads_it() {
     assert_eq!(export_then_gc(x).await.unwrap(), expected, "a cache hit");
     assert_eq!(count(&format!("export-{x}")), 2, "the second was a hit");
 }
+
+/// 16 MiB: long enough to store (write, fsync, link, fsync) that a flow run returning
+/// before its publish finished would be caught.
+#[weir::task(cache = "inputs")]
+async fn heavy(x: u64) -> anyhow::Result<Vec<u64>> {
+    bump(&format!("heavy-{x}"));
+    Ok((0..2_000_000).map(|i| i ^ x).collect())
+}
+
+#[weir::flow]
+async fn heavy_flow(x: u64) -> anyhow::Result<usize> {
+    Ok(heavy(x).await?.len())
+}
+
+#[tokio::test]
+async fn a_flow_run_returns_only_after_its_results_are_published() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let env = env();
+    let x = unique() % 1_000_000;
+    heavy_flow(x).await.unwrap();
+    let store = Store::new(Arc::new(FolderBackend::open(&env.results).unwrap()));
+    let k = heavy(x).cache_key().unwrap().unwrap();
+    assert!(
+        matches!(store.get(&k, now_us()).await.unwrap(), Lookup::Hit { .. }),
+        "published and readable when the flow run returned"
+    );
+}

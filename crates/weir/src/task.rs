@@ -721,6 +721,28 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         }
     }
     let value = match (&parts.codec, publish_plan, &engine.store) {
+        // An in-memory result nobody else can publish first (we hold the key's lease, or
+        // replace): published after the task returns, while its flow goes on (see
+        // `cache::publish_later`). Files are stored before returning: the task's caller
+        // may move or change the file.
+        (Some(codec), Some((key, mode)), Some(store))
+            if codec.from_file.is_none()
+                && (lease.is_some() || mode == PutMode::Replace)
+                && let Some(flow) = &scope.flow =>
+        {
+            let meta = entry_meta(spec, &scope, run.rec.id, key.to_hex(), codec);
+            match (codec.encode)(&value, spec.format) {
+                Ok(bytes) => {
+                    let later = cache::publish_later(&flow.submitted, store.clone(), meta, bytes, mode, lease.take());
+                    SCOPE.scope(task_scope.clone(), later).await;
+                }
+                Err(e) => in_scope(
+                    &task_scope,
+                    || tracing::warn!(target: "weir::cache", "result of {} cannot be serialized for the cache ({e}); not cached", spec.name),
+                ),
+            }
+            value
+        }
         (Some(codec), Some((key, mode)), Some(store)) => {
             let meta = entry_meta(spec, &scope, run.rec.id, key.to_hex(), codec);
             let fut = cache::publish(store.clone(), codec, meta, value, spec.format, mode);
