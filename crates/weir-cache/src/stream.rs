@@ -61,11 +61,8 @@ pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
         });
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
-        loop {
-            let (buf, n) = match full_rx.recv() {
-                Ok(r) => r?,
-                Err(_) => break,
-            };
+        while let Ok(read) = full_rx.recv() {
+            let (buf, n) = read?;
             if n == 0 {
                 break;
             }

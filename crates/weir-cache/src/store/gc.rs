@@ -97,10 +97,7 @@ impl Store {
             if obj.modified > young {
                 continue;
             }
-            if opts.dry_run {
-                report.blobs_removed += 1;
-                report.bytes_freed += obj.size;
-            } else if self.backend.delete_if_older(&obj.path, young).await? {
+            if opts.dry_run || self.backend.delete_if_older(&obj.path, young).await? {
                 report.blobs_removed += 1;
                 report.bytes_freed += obj.size;
             }
