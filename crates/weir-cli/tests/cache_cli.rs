@@ -62,7 +62,7 @@ async fn setup(home: &Path, second_source: &str, second_inputs: &[(&str, &str)])
     store
         .put(
             entry(&k1, now - 5_000_000, "s1", &[("day", "1"), ("region", "e")]),
-            b"1".to_vec(),
+            vec![b'1'; 5000], // above the inline size: stored as a blob
             PutMode::IfAbsent,
         )
         .await
@@ -70,7 +70,7 @@ async fn setup(home: &Path, second_source: &str, second_inputs: &[(&str, &str)])
     store
         .put(
             entry(&k2, now, second_source, second_inputs),
-            b"2".to_vec(),
+            vec![b'2'; 5000],
             PutMode::IfAbsent,
         )
         .await
