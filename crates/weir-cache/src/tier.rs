@@ -249,6 +249,26 @@ impl ResultStore for Tiered {
         self.remote.get_named(name, now)
     }
 
+    fn put_blobs(
+        &self,
+        srcs: Vec<std::path::PathBuf>,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.remote.put_blobs(srcs, mode)
+    }
+
+    fn get_blobs<'a>(
+        &'a self,
+        meta: &'a EntryMeta,
+        _dest_dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<crate::store::StoredFiles, StoreError>> {
+        // Downloaded like file results: into the local tier.
+        Box::pin(async move {
+            let dir = self.local_folder.root().join("files");
+            self.remote.get_blobs(meta, &dir).await
+        })
+    }
+
     fn put_named(
         &self,
         meta: EntryMeta,

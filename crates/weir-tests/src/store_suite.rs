@@ -41,6 +41,7 @@ pub fn meta(k: &CacheKey) -> EntryMeta {
         source_hash: None,
         code_hash: None,
         inputs: vec![],
+        files: Vec::new(),
     }
 }
 

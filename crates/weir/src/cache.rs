@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use weir_cache::canonical::CanonicalError;
 use weir_cache::{
-    CacheKey, EntryMeta, Format, KeyParts, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore,
+    CacheKey, EntryMeta, Format, KeyParts, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore, StoredFiles,
 };
 
 use crate::task::{CachePolicy, TaskSpec};
@@ -117,20 +117,18 @@ pub(crate) async fn lookup<T>(
         return lookup_file(store, key, from_file, spec).await;
     }
     match store.get(key, weir_types::time::now_micros()).await {
-        Ok(Lookup::Hit { meta, bytes }) => {
-            match Format::from_name(&meta.serializer).and_then(|f| (codec.decode)(&bytes, f)) {
-                Ok(v) => Found::Value(v),
-                Err(e) => {
-                    tracing::warn!(
-                        target: "weir::cache",
-                        "cached result of {} (key {}) cannot be read as this task's output ({e}); recomputing",
-                        spec.name,
-                        meta.key.get(..16).unwrap_or(&meta.key)
-                    );
-                    Found::Compute(PutMode::Replace)
-                }
+        Ok(Lookup::Hit { meta, bytes }) => match decode_result(store, codec, &meta, &bytes).await {
+            Ok(v) => Found::Value(v),
+            Err(e) => {
+                tracing::warn!(
+                    target: "weir::cache",
+                    "cached result of {} (key {}) cannot be read as this task's output ({e}); recomputing",
+                    spec.name,
+                    meta.key.get(..16).unwrap_or(&meta.key)
+                );
+                Found::Compute(PutMode::Replace)
             }
-        }
+        },
         Ok(Lookup::Miss) => Found::Compute(PutMode::IfAbsent),
         Ok(Lookup::Expired { .. }) => {
             tracing::debug!(target: "weir::cache", "cached result of {} expired; recomputing", spec.name);
@@ -259,6 +257,56 @@ pub(crate) async fn isolate<T>(
     }
 }
 
+/// A result encoded for the store, and the files (artifacts) anywhere inside it, which go
+/// into the store beside it as blobs (see [`crate::artifact`]).
+pub(crate) fn encode_result<T>(
+    codec: &Codec<T>,
+    value: &T,
+    format: Format,
+) -> Result<(Vec<u8>, Vec<std::path::PathBuf>), weir_cache::format::FormatError> {
+    let (bytes, files) = crate::artifact::collect_files(|| (codec.encode)(value, format));
+    Ok((bytes?, files))
+}
+
+/// Stores the files a result refers to, before its manifest; returns their hashes.
+async fn store_files(
+    store: &Arc<dyn ResultStore>,
+    files: Vec<std::path::PathBuf>,
+    mode: PutMode,
+) -> Result<Vec<String>, String> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    on_blocking_pool(store.clone(), move |s| s.put_blobs(files, mode)).await
+}
+
+/// Decodes a stored result, first making the files it refers to available on local disk,
+/// verified. Any failure (a file gone or damaged, bytes of another type) means recompute.
+pub(crate) async fn decode_result<T>(
+    store: &Arc<dyn ResultStore>,
+    codec: &Codec<T>,
+    meta: &EntryMeta,
+    bytes: &[u8],
+) -> Result<T, String> {
+    let format = Format::from_name(&meta.serializer).map_err(|e| e.to_string())?;
+    let files = if meta.files.is_empty() {
+        Vec::new()
+    } else {
+        let dir = crate::engine::get().settings.artifacts_dir.clone();
+        let meta = meta.clone();
+        match on_blocking_pool(store.clone(), move |s| {
+            Box::pin(async move { s.get_blobs(&meta, &dir).await })
+        })
+        .await?
+        {
+            StoredFiles::Present(paths) => paths,
+            StoredFiles::Missing(blob) => return Err(format!("its file {blob} is gone from the store")),
+            StoredFiles::Corrupt(reason) => return Err(reason),
+        }
+    };
+    crate::artifact::resolve_files(files, || (codec.decode)(bytes, format)).map_err(|e| e.to_string())
+}
+
 /// Publishes a computed result. Returns the winner's value when another writer published
 /// the same key first, so every caller of a key sees one result.
 pub(crate) async fn publish<T>(
@@ -279,13 +327,21 @@ pub(crate) async fn publish<T>(
         }
         return value;
     }
-    let bytes = match (codec.encode)(&value, format) {
+    let (bytes, files) = match encode_result(codec, &value, format) {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(target: "weir::cache", "result of {} cannot be serialized for the cache ({e}); not cached", meta.task);
             return value;
         }
     };
+    let mut meta = meta;
+    match store_files(&store, files, mode).await {
+        Ok(hashes) => meta.files = hashes,
+        Err(e) => {
+            tracing::warn!(target: "weir::cache", "could not store the files in the result of {} ({e}); not cached", meta.task);
+            return value;
+        }
+    }
     let key = meta.key.clone();
     let task = meta.task.clone();
     match on_blocking_pool(store.clone(), move |s| s.put(meta, bytes, mode)).await {
@@ -295,9 +351,7 @@ pub(crate) async fn publish<T>(
                 return value;
             };
             match store.get(&parsed, weir_types::time::now_micros()).await {
-                Ok(Lookup::Hit { meta, bytes }) => Format::from_name(&meta.serializer)
-                    .and_then(|f| (codec.decode)(&bytes, f))
-                    .unwrap_or(value),
+                Ok(Lookup::Hit { meta, bytes }) => decode_result(&store, codec, &meta, &bytes).await.unwrap_or(value),
                 _ => value,
             }
         }
@@ -379,13 +433,14 @@ async fn on_blocking_pool<T: Send + 'static>(
         .map_err(|e| e.to_string())
 }
 
-/// Publishes a named result (already serialized).
+/// Publishes a named result (from [`encode_result`]), with the files it refers to.
 pub(crate) async fn publish_named(
     store: Arc<dyn ResultStore>,
-    meta: EntryMeta,
-    bytes: Vec<u8>,
+    mut meta: EntryMeta,
+    (bytes, files): (Vec<u8>, Vec<std::path::PathBuf>),
     mode: PutMode,
 ) -> Result<PutOutcome, String> {
+    meta.files = store_files(&store, files, mode).await?;
     on_blocking_pool(store, move |s| s.put_named(meta, bytes, mode))
         .await
         .map(|(o, _)| o)

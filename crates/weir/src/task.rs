@@ -568,8 +568,8 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 }
                 None => match store.get_named(&name, weir_types::time::now_micros()).await {
                     Ok(weir_cache::Lookup::Hit { meta, bytes }) => Ok(Some(
-                        Format::from_name(&meta.serializer)
-                            .and_then(|f| (codec.decode)(&bytes, f))
+                        cache::decode_result(store, codec, &meta, &bytes)
+                            .await
                             .map_err(|e| format!("cannot be read as this task's output ({e})")),
                     )),
                     Ok(weir_cache::Lookup::Miss) => Ok(None),
@@ -701,8 +701,8 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         meta.source_hash = Some(spec.source_hash.to_string());
         let published = match (codec.from_file, (codec.as_file)(&value)) {
             (Some(_), Some(src)) => cache::publish_named_file(store.clone(), meta, src, *mode).await,
-            _ => match (codec.encode)(&value, spec.format) {
-                Ok(bytes) => cache::publish_named(store.clone(), meta, bytes, *mode).await,
+            _ => match cache::encode_result(codec, &value, spec.format) {
+                Ok(encoded) => cache::publish_named(store.clone(), meta, encoded, *mode).await,
                 Err(e) => Err(format!("result cannot be serialized: {e}")),
             },
         };
@@ -770,6 +770,7 @@ fn entry_meta<T>(spec: &TaskSpec, scope: &Scope, task_run: TaskRunId, key: Strin
             .as_ref()
             .map(|m| m.parts(spec).input_digests())
             .unwrap_or_default(),
+        files: Vec::new(),
     }
 }
 

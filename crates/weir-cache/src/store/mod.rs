@@ -19,6 +19,7 @@
 //! `manifest`, `blob`, `named`, `lease`, `gc`; [`types`] holds what they take and answer.
 
 mod blob;
+mod files;
 mod gc;
 pub mod layout;
 mod lease;
@@ -36,6 +37,7 @@ use crate::backend::Backend;
 use crate::key::CacheKey;
 use named::NamedData;
 
+pub use files::StoredFiles;
 pub use layout::validate_name;
 pub(crate) use layout::{blob_path, manifest_path};
 pub use types::*;
@@ -99,6 +101,16 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
         src: PathBuf,
         mode: PutMode,
     ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>>;
+    /// Stores local files as blobs named by their hash — the artifacts a result refers to,
+    /// before the manifest that lists them in `files`; returns the hashes, in order.
+    fn put_blobs(&self, srcs: Vec<PathBuf>, mode: PutMode) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    /// Makes the blobs `meta.files` lists available on local disk, verified (in place for
+    /// folders, otherwise downloaded once into `dest_dir`).
+    fn get_blobs<'a>(
+        &'a self,
+        meta: &'a EntryMeta,
+        dest_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<StoredFiles, StoreError>>;
     /// Looks a named file result up and makes it available on local disk, verified.
     fn get_named_file<'a>(
         &'a self,
@@ -256,5 +268,17 @@ impl ResultStore for Store {
         mode: PutMode,
     ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
         Box::pin(self.put_named_data(meta, NamedData::Bytes(bytes), mode))
+    }
+
+    fn put_blobs(&self, srcs: Vec<PathBuf>, mode: PutMode) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(self.put_blobs_impl(srcs, mode))
+    }
+
+    fn get_blobs<'a>(
+        &'a self,
+        meta: &'a EntryMeta,
+        dest_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<StoredFiles, StoreError>> {
+        Box::pin(self.get_blobs_impl(meta, dest_dir))
     }
 }

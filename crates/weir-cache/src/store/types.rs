@@ -45,6 +45,9 @@ pub struct EntryMeta {
     pub code_hash: Option<String>,
     /// Digest of each input, by parameter name.
     pub inputs: Vec<InputDigest>,
+    /// Hex BLAKE3 of each file (artifact) the result refers to, stored as blobs beside it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 /// What a lookup found.
