@@ -1030,7 +1030,10 @@ async fn artifact_create_files_are_gone_once_stored_and_dropped() {
     let (again, report) = temp_flow(tag).with_report().await;
     let (stored, text) = again.unwrap();
     assert_eq!((text, report.cached), (format!("made for {tag}"), 1));
-    assert!(std::path::Path::new(&stored).exists(), "a hit hands out the stored copy, kept");
+    assert!(
+        std::path::Path::new(&stored).exists(),
+        "a hit hands out the stored copy, kept"
+    );
     assert_eq!(count(&format!("temp-{tag}")), 1);
 }
 

@@ -376,3 +376,43 @@ fn a_large_file_result_goes_to_s3_in_parts_and_comes_back_through_the_local_tier
     assert_eq!(local.len(), 1, "{local:?}");
     assert_eq!(std::fs::metadata(&local[0]).unwrap().len(), size);
 }
+
+/// Two "machines" (own homes, own working folders) share one store; the first computes a
+/// result holding files it wrote under its working folder, then those files are deleted. The
+/// second must get a hit whose files exist and hold the right bytes.
+fn artifacts_inside_results_reach_another_machine(store_env: &[(String, String)]) {
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (work_a, work_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let marker = home_a.path().join("marker");
+    let run = |home: &Path, work: &Path| {
+        let mut cmd = probe(home);
+        cmd.current_dir(work)
+            .env("PROBE_MARKER", &marker)
+            .envs(store_env.iter().cloned());
+        ok(cmd.args(["parts", "3"]).output().unwrap())
+    };
+    let expected = "part 0 of 3\npart 1 of 3\npart 2 of 3\n3 parts";
+    assert_eq!(run(home_a.path(), work_a.path()), format!("miss\n{expected}"));
+    std::fs::remove_dir_all(work_a.path().join("parts")).unwrap();
+    assert_eq!(run(home_b.path(), work_b.path()), format!("hit\n{expected}"));
+    assert!(!work_b.path().join("parts").exists(), "the hit did not run the task");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn artifacts_inside_a_result_reach_another_machine_through_s3() {
+    let server = S3sServer::start(&["results"]).unwrap();
+    let mut store_env: Vec<(String, String)> = credentials_env()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    store_env.push(("WEIR_RESULTS".into(), server.url("results", "nested")));
+    artifacts_inside_results_reach_another_machine(&store_env);
+}
+
+#[test]
+fn artifacts_inside_a_result_reach_another_machine_through_a_shared_folder() {
+    let shared = tempfile::tempdir().unwrap();
+    let store_env = vec![("WEIR_RESULTS".to_string(), shared.path().display().to_string())];
+    artifacts_inside_results_reach_another_machine(&store_env);
+}

@@ -4,6 +4,9 @@
 //! cache_probe key forward|reverse   print the cache key of a call with a HashMap input
 //! cache_probe run N                 run a flow with one cached task; print hit|miss
 //! cache_probe big BYTES             run a flow whose cached task returns BYTES bytes
+//! cache_probe parts N               run a flow whose cached task writes N files (relative to
+//!                                   the working folder) and returns them inside its result;
+//!                                   print hit|miss, then each file's contents on a line
 //! ```
 //! `run` appends a line to `$PROBE_MARKER` each time the task body really runs.
 
@@ -89,6 +92,47 @@ async fn probe_file(bytes: u64, dir: String) -> anyhow::Result<String> {
     Ok(format!("{total} {}", file.path().display()))
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Bundle {
+    parts: Vec<weir::Artifact>,
+    index: Option<weir::Artifact>,
+    nothing: Option<weir::Artifact>,
+}
+
+/// Writes `n` small files under `./parts/` (relative paths, as a user might) and returns them
+/// inside a struct.
+#[weir::task(cache = "inputs")]
+fn write_parts(n: u64) -> anyhow::Result<Bundle> {
+    if let Ok(marker) = std::env::var("PROBE_MARKER") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&marker)?;
+        writeln!(f, "wrote {n} parts in {}", std::process::id())?;
+    }
+    std::fs::create_dir_all("parts")?;
+    let mut parts = Vec::new();
+    for i in 0..n {
+        let p = std::path::PathBuf::from(format!("parts/{i}.txt"));
+        std::fs::write(&p, format!("part {i} of {n}"))?;
+        parts.push(weir::Artifact::from_path(p));
+    }
+    std::fs::write("parts/index.txt", format!("{n} parts"))?;
+    Ok(Bundle {
+        parts,
+        index: Some(weir::Artifact::from_path("parts/index.txt")),
+        nothing: None,
+    })
+}
+
+#[weir::flow]
+async fn probe_parts(n: u64) -> anyhow::Result<Vec<String>> {
+    let bundle = write_parts(n).await?;
+    anyhow::ensure!(bundle.nothing.is_none(), "None came back as something");
+    let mut out = Vec::new();
+    for f in bundle.parts.iter().chain(bundle.index.iter()) {
+        out.push(std::fs::read_to_string(f.path()).with_context(|| format!("reading {}", f.path().display()))?);
+    }
+    Ok(out)
+}
+
 /// Peak resident memory of this process, in KiB.
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -152,11 +196,19 @@ async fn main() -> anyhow::Result<()> {
                 peak_rss_kib()
             );
         }
+        ["parts", n] => {
+            let (r, report) = probe_parts(n.parse()?).with_report().await;
+            let contents = r?;
+            println!("{}", if report.cached > 0 { "hit" } else { "miss" });
+            for c in contents {
+                println!("{c}");
+            }
+        }
         ["big", bytes] => {
             let len = probe_big(bytes.parse()?).await?;
             println!("{len}");
         }
-        _ => bail!("usage: cache_probe key forward|reverse | run N | big BYTES"),
+        _ => bail!("usage: cache_probe key forward|reverse | run N | big BYTES | parts N"),
     }
     Ok(())
 }
