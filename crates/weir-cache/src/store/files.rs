@@ -60,3 +60,72 @@ impl Store {
         Ok(StoredFiles::Present(out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::folder::FolderBackend;
+    use crate::key::CacheKey;
+    use crate::store::{GcOptions, Lookup, ResultStore};
+
+    fn meta(key: &CacheKey) -> EntryMeta {
+        EntryMeta {
+            format: 1,
+            key: key.to_hex(),
+            task: "t".into(),
+            flow: None,
+            flow_run_id: None,
+            task_run_id: "r".into(),
+            serializer: "json".into(),
+            created_at: 1,
+            expires_at: None,
+            size: 0,
+            raw_size: 0,
+            compression: None,
+            blob: String::new(),
+            cache_version: String::new(),
+            source_hash: None,
+            code_hash: None,
+            inputs: vec![],
+            files: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn gc_keeps_the_files_a_live_entry_lists_and_removes_them_with_it() {
+        let root = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let store = Store::new(Arc::new(FolderBackend::open(root.path().join("s")).unwrap()));
+        let src = work.path().join("part.csv");
+        std::fs::write(&src, b"a,b\n1,2\n").unwrap();
+        let key = CacheKey([7; 32]);
+        let files = store.put_blobs(vec![src.clone(), src], PutMode::IfAbsent).await.unwrap();
+        assert_eq!(files.len(), 2, "one hash per reference, in order");
+        let mut m = meta(&key);
+        m.files = files.clone();
+        store.put(m, b"[0]".to_vec(), PutMode::IfAbsent).await.unwrap();
+        let later = i64::MAX / 2;
+        let no_grace = GcOptions::default();
+        store.gc(no_grace.clone(), later).await.unwrap();
+
+        let Lookup::Hit { meta, .. } = store.get(&key, later).await.unwrap() else {
+            panic!("entry gone")
+        };
+        assert_eq!(meta.files, files);
+        let got = store.get_blobs(&meta, work.path()).await.unwrap();
+        let StoredFiles::Present(paths) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(std::fs::read(&paths[0]).unwrap(), b"a,b\n1,2\n", "gc kept the listed blob");
+
+        store.remove(&key).await.unwrap();
+        let report = store.gc(no_grace, later).await.unwrap();
+        assert_eq!(report.blobs_removed, 2, "the result's blob and its file's");
+        assert!(matches!(
+            store.get_blobs(&meta, work.path()).await.unwrap(),
+            StoredFiles::Missing(_)
+        ));
+    }
+}
