@@ -1094,3 +1094,25 @@ async fn artifacts_inside_a_result_are_stored_and_come_back_as_files() {
     assert_eq!(again.unwrap(), expected);
     assert_eq!(count(&format!("parts-{tag}")), 1);
 }
+
+#[tokio::test]
+async fn a_result_whose_stored_file_is_gone_is_recomputed_and_repaired() {
+    env();
+    let tag = unique();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().display().to_string();
+    let first = parts_flow(2, dir.clone(), tag).await.unwrap();
+    let key = parts(2, dir.clone(), tag).cache_key().unwrap().unwrap();
+    let store = Store::new(Arc::new(FolderBackend::open(&env().results).unwrap()));
+    let meta = store.entry(&key).await.unwrap().expect("stored");
+    assert_eq!(meta.files.len(), 3, "{meta:?}");
+    let gone = env().results.join(store.blob_path(&meta.files[1]));
+    std::fs::remove_file(&gone).unwrap();
+
+    let (again, report) = parts_flow(2, dir.clone(), tag).with_report().await;
+    assert_eq!((again.unwrap(), report.cached), (first.clone(), 0));
+    assert!(gone.exists(), "the entry was replaced, its file stored again");
+    let (third, report) = parts_flow(2, dir, tag).with_report().await;
+    assert_eq!((third.unwrap(), report.cached), (first, 1));
+    assert_eq!(count(&format!("parts-{tag}")), 2);
+}
