@@ -250,10 +250,12 @@ pub async fn leases(store: &Store) {
     );
 }
 
-/// How many writers race for one key, and how many times: one round could let a broken
-/// mechanism win by luck.
+/// How many writers race for one key.
 pub const RACE_WRITERS: usize = 16;
-pub const RACE_ROUNDS: u64 = 8;
+/// How many times they race on a fast store: one round can let a broken mechanism win by
+/// luck (a check-then-rename "create if absent" on a local disk passed one round in three,
+/// and never passed 64).
+pub const RACE_ROUNDS: u64 = 64;
 
 /// What one writer saw in one round of a race.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -338,10 +340,10 @@ pub fn fresh_salt(what: &str) -> String {
 
 /// Concurrent create-if-absent and lease requests from [`RACE_WRITERS`] OS threads, released
 /// together by a barrier, each with its own runtime and its own store (`open(writer)`, so
-/// writers can use different mounts or clients of one store), for [`RACE_ROUNDS`] rounds:
+/// writers can use different mounts or clients of one store), for `rounds` rounds:
 /// exactly one writer wins each round and everyone reads the winner's result. Only for
 /// backends whose conditional writes are atomic (not s3s-fs).
-pub fn races(open: impl Fn(usize) -> Store + Sync) {
+pub fn races(rounds: u64, open: impl Fn(usize) -> Store + Sync) {
     let salt = fresh_salt("races");
     let barrier = std::sync::Barrier::new(RACE_WRITERS);
     // Per writer: its outcomes per round, and when its puts started and ended.
@@ -368,7 +370,7 @@ pub fn races(open: impl Fn(usize) -> Store + Sync) {
                             seen: format!("(failed: {})", panic_text(&p)),
                         })
                     };
-                    for r in 0..RACE_ROUNDS {
+                    for r in 0..rounds {
                         barrier.wait();
                         let start = std::time::Instant::now();
                         puts.push(run(&mut || rt.block_on(race_put(&store, &key(salt, r), w, r))));
@@ -384,7 +386,7 @@ pub fn races(open: impl Fn(usize) -> Store + Sync) {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut overlapped = 0;
-    for r in 0..RACE_ROUNDS as usize {
+    for r in 0..rounds as usize {
         let puts: Vec<RaceOutcome> = per_writer.iter().map(|(p, _, _)| p[r].clone()).collect();
         check_round("put if absent", r as u64, &puts, |w| race_bytes(w, r as u64));
         let leases: Vec<RaceOutcome> = per_writer.iter().map(|(_, l, _)| l[r].clone()).collect();

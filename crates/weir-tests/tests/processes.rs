@@ -253,7 +253,7 @@ fn eight_processes_on_two_juicefs_mounts_compute_one_key_once() {
 // ---------- races between processes ----------
 
 const PROCESS_WRITERS: usize = 8;
-const PROCESS_ROUNDS: u64 = 4;
+const PROCESS_ROUNDS: u64 = 8;
 
 /// One writer process of a race (`cache_probe race`), driven line by line.
 struct Racer {

@@ -9,7 +9,7 @@ use weir_cache::object::ObjectBackend;
 use weir_cache::{OpenOptions, ResultStore, Store};
 use weir_tests::mounts::{Bindfs, JuiceFs};
 use weir_tests::s3::{S3sServer, moto_bucket, moto_endpoint, set_credentials};
-use weir_tests::store_suite;
+use weir_tests::store_suite::{self, RACE_ROUNDS};
 
 fn folder_store(dir: &Path) -> Store {
     Store::new(Arc::new(FolderBackend::open(dir).unwrap().without_fsync()))
@@ -40,7 +40,7 @@ fn url_store(url: &str) -> Store {
 async fn folder_backend() {
     let dir = tempfile::tempdir().unwrap();
     store_suite::all(&folder_store(dir.path())).await;
-    store_suite::races(|_| folder_store(dir.path()));
+    store_suite::races(RACE_ROUNDS, |_| folder_store(dir.path()));
     assert_eq!(
         std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
         0,
@@ -91,14 +91,15 @@ async fn moto_server() {
     let bucket = moto_bucket(&endpoint, "weir");
     let url = format!("s3://{bucket}/suite?endpoint={endpoint}");
     store_suite::all(&url_store(&url)).await;
-    store_suite::races(|_| url_store(&url));
+    // Each request is a few ms on moto: fewer rounds.
+    store_suite::races(8, |_| url_store(&url));
 }
 
 #[tokio::test]
 async fn fuse_mounted_folder() {
     let Some(fuse) = Bindfs::mount() else { return };
     store_suite::all(&folder_store(fuse.path())).await;
-    store_suite::races(|_| folder_store(fuse.path()));
+    store_suite::races(RACE_ROUNDS, |_| folder_store(fuse.path()));
 }
 
 /// A folder store that fsyncs before publishing, as users run it (the default).
@@ -123,7 +124,7 @@ async fn juicefs_volume_mounted_twice() {
     .await
     .unwrap();
     assert_eq!(store_suite::hit_bytes(&b, &k).await, b"from the first");
-    store_suite::races(|w| durable_folder_store(&jfs.dirs[w % 2]));
+    store_suite::races(16, |w| durable_folder_store(&jfs.dirs[w % 2]));
 }
 
 /// Without fsync (`WEIR_CACHE_FSYNC=0`) the folder backend links the temp file into place
@@ -133,7 +134,7 @@ async fn juicefs_volume_mounted_twice() {
 #[ignore = "fails until the folder backend closes (or flushes) temp files before link: with fsync off, another JuiceFS client reads published files (manifests, leases) empty, and several writers take an \"unreadable\" lease"]
 async fn juicefs_without_fsync_never_shows_another_client_an_empty_file() {
     let Some(jfs) = JuiceFs::folder("no-fsync") else { return };
-    store_suite::races(|w| folder_store(&jfs.dirs[w % 2]));
+    store_suite::races(16, |w| folder_store(&jfs.dirs[w % 2]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
