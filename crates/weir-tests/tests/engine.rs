@@ -755,13 +755,21 @@ async fn concurrent_writers_of_one_key_all_return_one_result() {
     env();
     let x = unique() % 1_000_000 + 3_000_000;
     let out = racing_flow(x).await.unwrap();
-    assert_eq!(count(&format!("shared-{x}")), 1, "the body ran once for 16 concurrent calls");
+    assert_eq!(
+        count(&format!("shared-{x}")),
+        1,
+        "the body ran once for 16 concurrent calls"
+    );
     assert_eq!(out, vec![out[0]; 16], "every caller got the one result");
     let store = store();
     let key = key_of(shared(x));
     match store.get(&key, 0).await.unwrap() {
         weir_cache::Lookup::Hit { bytes, .. } => {
-            assert_eq!(serde_json::from_slice::<u64>(&bytes).unwrap(), out[0], "the stored result")
+            assert_eq!(
+                serde_json::from_slice::<u64>(&bytes).unwrap(),
+                out[0],
+                "the stored result"
+            )
         }
         other => panic!("expected a hit, got {other:?}"),
     }

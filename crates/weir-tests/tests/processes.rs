@@ -503,6 +503,14 @@ fn a_large_file_result_goes_to_s3_in_parts_and_comes_back_through_the_local_tier
     std::fs::remove_file(work.path().join(format!("made-{size}"))).unwrap();
     let (second, len, peak2) = file_run(&mut probe_s3(b.path(), &url), size, work.path());
     assert_eq!((first.as_str(), second.as_str(), len), ("miss", "hit", size));
+    // It went up in parts (8 MiB each), not as one request holding the whole file.
+    assert_eq!(server.requests("CreateMultipartUpload"), 1, "one multipart upload");
+    assert_eq!(server.requests("CompleteMultipartUpload"), 1, "one multipart upload");
+    assert!(
+        server.requests("UploadPart") >= size / (8 << 20),
+        "{} parts for {size} bytes",
+        server.requests("UploadPart")
+    );
     let extra_mib = (peak1.max(peak2).saturating_sub(baseline)) / 1024;
     assert!(extra_mib <= 64, "peak memory grew by {extra_mib} MiB");
     // The second machine downloaded it once into its local tier.
