@@ -1,5 +1,5 @@
 //! What every result store backend must do, as one suite run against each backend
-//! (folder, FUSE mount, memory, s3s-fs, moto), so no backend can quietly differ.
+//! (folder, FUSE mount, JuiceFS, memory, s3s-fs, moto), so no backend can quietly differ.
 
 use weir_cache::backend::WriteMode;
 use weir_cache::{
