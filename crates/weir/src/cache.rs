@@ -343,8 +343,9 @@ pub(crate) struct Waiting<'a> {
 /// clock may be ahead of ours.
 const STALE_TTLS: u32 = 2;
 
-/// Whether create-if-absent was found not atomic (warned once per process).
-static BEST_EFFORT_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Whether this process has started measuring the store's create-if-absent (once: the
+/// engine has one store).
+static PROBE_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Makes sure one process computes a key at a time: takes the key's lease, or waits for
 /// whoever holds it to publish (or to die, and the lease to expire). `recheck` looks again
@@ -361,14 +362,18 @@ pub(crate) async fn isolate<T, F: Future<Output = Recheck<T>>>(
     mut recheck: impl FnMut() -> F,
 ) -> Isolation<T> {
     let ttl_us = how.ttl.as_micros() as i64;
-    if matches!(store.atomic_leases().await, Ok(false))
-        && !BEST_EFFORT_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
-    {
-        tracing::warn!(
-            target: "weir::cache",
-            "{}: create-if-absent is not atomic on this store, so two processes may compute one key at once (leases are best-effort)",
-            store.location()
-        );
+    if !PROBE_STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        // Only a warning depends on it: measure in the background, off the first miss's path.
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Ok(false) = store.atomic_leases().await {
+                tracing::warn!(
+                    target: "weir::cache",
+                    "{}: create-if-absent is not atomic on this store, so two processes may compute one key at once (leases are best-effort)",
+                    store.location()
+                );
+            }
+        });
     }
     let mut wait = Duration::from_millis(20);
     let mut announced = false;
