@@ -138,6 +138,7 @@ fn describe(state: State, attempts: u32) -> String {
         format!("{attempts} attempts")
     };
     match state {
+        State::TimedOut if attempts == 0 => "timed out before it ran".into(),
         State::TimedOut => format!("timed out (after {tries})"),
         State::Crashed => "crashed".into(),
         State::Cancelled => "was cancelled".into(),
