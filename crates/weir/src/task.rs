@@ -64,7 +64,7 @@ pub struct TaskSpec {
     pub blocking: bool,
     pub params: &'static [&'static str],
     /// Serializable isolation: one process computes a key at a time, others wait for its
-    /// result (`isolation = "none"` opts out).
+    /// result (`isolation = "none"` opts out; writers of a named result always take its lease).
     pub isolation: bool,
     /// `Some("zstd")` or `Some("none")` overrides the store's compression.
     pub compression: Option<&'static str>,
