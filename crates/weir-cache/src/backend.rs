@@ -37,6 +37,10 @@ pub struct ObjectInfo {
     pub modified: i64,
 }
 
+/// A file's bytes, and what identifies this very version of it (see
+/// [`Backend::read_versioned`]).
+pub type Versioned = (Vec<u8>, String);
+
 /// A failure of the backend itself (I/O, network, permissions), not a missing file.
 #[derive(Debug, thiserror::Error)]
 #[error("{backend}: {op} {path}: {message}")]
@@ -72,7 +76,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// The file's bytes and what identifies this very version of it (the ETag on object
     /// storage; device, inode and change time on folders), or `None` if there is no such file.
-    fn read_versioned<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<(Vec<u8>, String)>, BackendError>>;
+    fn read_versioned<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, BackendError>>;
 
     /// Deletes `path` only if it is still the version [`Backend::read_versioned`] returned:
     /// `Ok(false)` if it changed or is gone. Atomic where the backend has conditional

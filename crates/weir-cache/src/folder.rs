@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 
-use crate::backend::{Backend, BackendError, ObjectInfo, WriteMode, Written};
+use crate::backend::{Backend, BackendError, ObjectInfo, Versioned, WriteMode, Written};
 
 /// A folder backend.
 #[derive(Debug, Clone)]
@@ -136,7 +136,7 @@ impl FolderBackend {
         Ok(Some((hash, size)))
     }
 
-    fn read_versioned_sync(&self, path: &str) -> Result<Option<(Vec<u8>, String)>, BackendError> {
+    fn read_versioned_sync(&self, path: &str) -> Result<Option<Versioned>, BackendError> {
         let p = self.path_of(path);
         let mut file = match fs::File::open(&p) {
             Ok(f) => f,
@@ -257,7 +257,7 @@ impl Backend for FolderBackend {
         Box::pin(std::future::ready(self.list_sync(prefix)))
     }
 
-    fn read_versioned<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<(Vec<u8>, String)>, BackendError>> {
+    fn read_versioned<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, BackendError>> {
         Box::pin(std::future::ready(self.read_versioned_sync(path)))
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use opendal::{ErrorKind, Operator};
 
-use crate::backend::{Backend, BackendError, ObjectInfo, WriteMode, Written};
+use crate::backend::{Backend, BackendError, ObjectInfo, Versioned, WriteMode, Written};
 
 /// An OpenDAL operator as a backend.
 #[derive(Debug, Clone)]
@@ -246,7 +246,7 @@ impl Backend for ObjectBackend {
         })
     }
 
-    fn read_versioned<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<(Vec<u8>, String)>, BackendError>> {
+    fn read_versioned<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, BackendError>> {
         Box::pin(async move {
             let cap = self.op.info().capability();
             if !(cap.read_with_if_match && cap.delete_with_if_match) {

@@ -8,7 +8,6 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use weir::State;
-use weir::prelude::*;
 use weir_cache::folder::FolderBackend;
 use weir_cache::{LeaseOutcome, Lookup, Renewal, ResultStore, Store};
 use weir_state::StateDb;

@@ -714,6 +714,11 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
             tokio::time::sleep(delay).await;
             continue;
         }
+        // Released now rather than when dropped: a runtime that ends with this run (one
+        // `block_on`) would never run a release left to the background.
+        if let Some(held) = lease.take() {
+            held.release().await;
+        }
         return Err(fail(&mut run, state, err));
     };
 
@@ -755,6 +760,9 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 let err = anyhow::anyhow!(
                     "result key '{name}' was written by another run meanwhile (on_duplicate = \"error\")"
                 );
+                if let Some(held) = lease.take() {
+                    held.release().await;
+                }
                 return Err(fail(&mut run, State::Failed, err));
             }
             Ok(_) => {}
