@@ -3,8 +3,8 @@
 
 use weir_cache::backend::WriteMode;
 use weir_cache::{
-    CacheKey, Compression, EntryMeta, GcOptions, KeyParts, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore,
-    Store,
+    CacheKey, Compression, EntryMeta, GcOptions, KeyParts, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, Renewal,
+    ResultStore, Store,
 };
 
 /// A distinct key per `n` (and per suite run, through `salt`).
@@ -250,6 +250,63 @@ pub async fn leases(store: &Store) {
     );
 }
 
+fn acquired(outcome: LeaseOutcome) -> Lease {
+    match outcome {
+        LeaseOutcome::Acquired(l) => l,
+        other => panic!("expected the lease, got {other:?}"),
+    }
+}
+
+async fn holder_of(store: &Store, k: &CacheKey, now: i64) -> Option<String> {
+    match store.try_lease(k, "probe", 1_000, now).await.unwrap() {
+        LeaseOutcome::Held(rec) => Some(rec.holder),
+        // Asking took it: give it back so the caller's view of the store is unchanged.
+        LeaseOutcome::Acquired(l) => {
+            store.release(&l).await.unwrap();
+            None
+        }
+    }
+}
+
+/// A holder that stalled past its lease's expiry, while another took the key over, can
+/// neither extend nor delete the new holder's lease, even after the key's generations
+/// started again from scratch (ABA).
+pub async fn stalled_holder(store: &Store) {
+    let k = key("stalled_holder", 1);
+    let a = acquired(store.try_lease(&k, "a", 1_000, 0).await.unwrap());
+    // `a` stalls; its lease expires and `b` takes over.
+    let b = acquired(store.try_lease(&k, "b", 1_000, 5_000).await.unwrap());
+    // `a` wakes up: its renewal finds the lease lost, and leaves b's alone.
+    match store.renew(&a, 1_000, 5_001).await.unwrap() {
+        Renewal::Lost(Some(rec)) => assert_eq!(rec.holder, "b"),
+        other => panic!("a stalled holder's renewal must fail, got {other:?}"),
+    }
+    assert!(!store.release(&a).await.unwrap(), "a stalled holder releases nothing");
+    assert_eq!(holder_of(store, &k, 5_002).await.as_deref(), Some("b"));
+    // `b` renews and releases normally…
+    let b = match store.renew(&b, 1_000, 5_500).await.unwrap() {
+        Renewal::Renewed(l) => l,
+        other => panic!("the holder renews, got {other:?}"),
+    };
+    assert_eq!(holder_of(store, &k, 6_000).await.as_deref(), Some("b"), "renewed");
+    assert!(store.release(&b).await.unwrap());
+    // …so the key's generations start again, and `c` gets the very generation `a` had.
+    let c = acquired(store.try_lease(&k, "c", 1_000, 7_000).await.unwrap());
+    assert!(
+        matches!(store.renew(&a, 1_000, 7_001).await.unwrap(), Renewal::Lost(_)),
+        "an old lease is not mistaken for a new one with the same generation"
+    );
+    assert!(!store.release(&a).await.unwrap());
+    assert_eq!(holder_of(store, &k, 7_002).await.as_deref(), Some("c"));
+    assert!(
+        !store.release(&b).await.unwrap(),
+        "a released lease is not released twice"
+    );
+    assert_eq!(holder_of(store, &k, 7_003).await.as_deref(), Some("c"));
+    assert!(store.release(&c).await.unwrap());
+    assert_eq!(holder_of(store, &k, 7_004).await, None, "released");
+}
+
 /// How many writers race for one key.
 pub const RACE_WRITERS: usize = 16;
 /// How many times they race on a fast store: one round can let a broken mechanism win by
@@ -423,4 +480,5 @@ pub async fn all(store: &Store) {
     compression(store).await;
     maintenance(store).await;
     leases(store).await;
+    stalled_holder(store).await;
 }

@@ -518,3 +518,204 @@ fn a_large_file_result_goes_to_s3_in_parts_and_comes_back_through_the_local_tier
     assert_eq!(local.len(), 1, "{local:?}");
     assert_eq!(std::fs::metadata(&local[0]).unwrap().len(), size);
 }
+
+// ---------- leases: one computation per key, and holders that stalled ----------
+
+/// A `WEIR_RESULTS` URL for a fresh bucket on the moto server, if there is one.
+fn moto_results(name: &str) -> Option<String> {
+    let endpoint = moto_endpoint()?;
+    let bucket = moto_bucket(&endpoint, name);
+    Some(format!("s3://{bucket}/leases?endpoint={endpoint}"))
+}
+
+fn marks(marker: &Path) -> Vec<String> {
+    std::fs::read_to_string(marker)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{sig}");
+}
+
+/// Starts `n` probes at once (each with its own home, like separate machines) and returns
+/// each one's stdout.
+fn race(n: usize, mut cmd: impl FnMut(&Path) -> Command) -> Vec<String> {
+    let homes: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let children: Vec<_> = homes
+        .iter()
+        .map(|h| {
+            cmd(h.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| ok(c.wait_with_output().unwrap()))
+        .collect()
+}
+
+/// A holder frozen (SIGSTOP) inside the task body stops renewing its lease; another process
+/// takes the key over and publishes. When the first one wakes up it must not replace that
+/// result with its own: both refresh the key, so both would publish with replace.
+fn a_stalled_holder_does_not_publish_over_the_next_holder(results: &str) {
+    let homes: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let marker = homes[0].path().join("marker");
+    let cmd = |home: &Path| {
+        let mut c = probe_s3(home, results);
+        c.env("PROBE_MARKER", &marker).env("WEIR_LEASE_TTL", "1s");
+        c
+    };
+    let mut a = cmd(homes[0].path())
+        .env("WEIR_REFRESH_CACHE", "1")
+        .env("PROBE_WORK_MS", "300")
+        .args(["stamp", "40"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut a_log = BufReader::new(a.stderr.take().unwrap()).lines();
+    loop {
+        let line = a_log.next().expect("the holder exited early").unwrap();
+        if line.contains("computing 40") {
+            break;
+        }
+    }
+    signal(&a, "STOP");
+    let b = cmd(homes[1].path())
+        .env("WEIR_REFRESH_CACHE", "1")
+        .env("WEIR_LOG", "info")
+        .args(["stamp", "40"])
+        .output()
+        .unwrap();
+    let b_log = String::from_utf8_lossy(&b.stderr).to_string();
+    let b_out = ok(b);
+    let b_value = b_out
+        .strip_prefix("miss ")
+        .expect("the second process computed")
+        .to_string();
+    assert!(
+        b_log.contains("waiting for"),
+        "the second process waited for the first one's lease: {b_log}"
+    );
+    signal(&a, "CONT");
+    let a_rest: Vec<String> = a_log.map(|l| l.unwrap()).collect();
+    assert!(a.wait().unwrap().success());
+    assert!(
+        a_rest.iter().any(|l| l.contains("lost the lease")),
+        "the first process was told it lost its lease: {a_rest:?}"
+    );
+    assert_eq!(marks(&marker).len(), 2, "both bodies ran");
+    let now = ok(cmd(homes[2].path()).args(["stamp", "40"]).output().unwrap());
+    assert_eq!(now, format!("hit {b_value}"), "the new holder's result stands");
+}
+
+#[test]
+fn a_stalled_holder_does_not_publish_over_the_next_holder_on_a_folder() {
+    let results = tempfile::tempdir().unwrap();
+    a_stalled_holder_does_not_publish_over_the_next_holder(&results.path().display().to_string());
+}
+
+#[test]
+fn a_stalled_holder_does_not_publish_over_the_next_holder_on_s3() {
+    let Some(url) = moto_results("stalled") else { return };
+    a_stalled_holder_does_not_publish_over_the_next_holder(&url);
+}
+
+#[test]
+fn processes_meeting_one_expired_damaged_or_refreshed_entry_compute_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let url = results.display().to_string();
+    for (n, case) in [(50, "expired"), (51, "damaged"), (52, "refreshed")] {
+        let marker = dir.path().join(format!("marker-{n}"));
+        let seed = tempfile::tempdir().unwrap();
+        let first = ok(probe_s3(seed.path(), &url)
+            .env("PROBE_MARKER", &marker)
+            .args(["stamp", &n.to_string()])
+            .output()
+            .unwrap());
+        assert!(first.starts_with("miss"), "{first}");
+        let env: &[(&str, &str)] = match case {
+            // Two hours on: the entry (valid for one) has expired for every racer.
+            "expired" => &[("PROBE_CLOCK_AHEAD_S", "7200")],
+            "refreshed" => &[("WEIR_REFRESH_CACHE", "1")],
+            _ => {
+                for blob in files_in(&results.join("v1/blobs")) {
+                    std::fs::write(blob, b"damaged").unwrap();
+                }
+                &[]
+            }
+        };
+        let outs = race(6, |home| {
+            let mut c = probe_s3(home, &url);
+            c.env("PROBE_MARKER", &marker)
+                .env("PROBE_WORK_MS", "800")
+                .envs(env.iter().copied())
+                .args(["stamp", &n.to_string()]);
+            c
+        });
+        let computed = marks(&marker);
+        assert_eq!(computed.len(), 2, "{case}: computed again more than once: {computed:?}");
+        assert_eq!(
+            outs.iter().filter(|o| o.starts_with("miss")).count(),
+            1,
+            "{case}: {outs:?}"
+        );
+        let values: std::collections::BTreeSet<&str> =
+            outs.iter().filter_map(|o| o.split_once(' ')).map(|(_, v)| v).collect();
+        assert_eq!(values.len(), 1, "{case}: everyone got the one new result: {outs:?}");
+    }
+}
+
+#[test]
+fn processes_writing_one_result_name_store_one_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let url = results.display().to_string();
+    let store = weir_cache::Store::new(std::sync::Arc::new(
+        weir_cache::folder::FolderBackend::open(&results).unwrap(),
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (mode, name) in [("skip", "race/eu.json"), ("error", "strict-race/eu.json")] {
+        let marker = dir.path().join(format!("marker-{mode}"));
+        let outs = race(6, |home| {
+            let mut c = probe_s3(home, &url);
+            c.env("PROBE_MARKER", &marker)
+                .env("PROBE_WORK_MS", "500")
+                .args(["named", mode, "eu"]);
+            c
+        });
+        assert_eq!(marks(&marker).len(), 1, "{mode}: one body ran: {outs:?}");
+        let winners: Vec<&String> = outs.iter().filter(|o| o.starts_with("miss")).collect();
+        assert_eq!(winners.len(), 1, "{mode}: {outs:?}");
+        let value = winners[0].strip_prefix("miss ").unwrap();
+        let others = if mode == "skip" {
+            format!("hit {value}")
+        } else {
+            "error".to_string()
+        };
+        for o in outs.iter().filter(|o| !o.starts_with("miss")) {
+            assert!(o.starts_with(&others), "{mode}: {outs:?}");
+            if mode == "error" {
+                assert!(o.contains("already has a result"), "{o}");
+            }
+        }
+        // The readable file holds the winner's result, and its manifest agrees.
+        let stored: String = serde_json::from_slice(&std::fs::read(results.join("named").join(name)).unwrap()).unwrap();
+        assert_eq!(stored, value, "{mode}");
+        let found = rt
+            .block_on(weir_cache::ResultStore::get_named(&store, name, 0))
+            .unwrap();
+        assert!(matches!(found, weir_cache::Lookup::Hit { .. }), "{mode}: {found:?}");
+    }
+}

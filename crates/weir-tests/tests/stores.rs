@@ -187,3 +187,36 @@ async fn the_local_tier_serves_repeated_hits_and_evicts_least_recently_used() {
     // An evicted entry is still a hit, through the remote store.
     assert!(hit(tier.get(&keys[1], 0).await.unwrap()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_atomicity_probe_tells_a_check_then_write_server_from_an_atomic_one() {
+    use weir_cache::ResultStore;
+    set_credentials();
+    // s3s-fs claims If-None-Match (and OpenDAL's S3 capability says so), but checks, then
+    // writes: concurrent creators can both win.
+    let server = S3sServer::start(&["weir"]).unwrap();
+    let s3s = url_store(&server.url("weir", "probe"));
+    assert!(s3s.backend().atomic_if_absent(), "the claimed capability");
+    for _ in 0..5 {
+        // Fresh stores, so each runs its own probe: it must be reliable, not lucky.
+        let s3s = url_store(&server.url("weir", "probe"));
+        assert!(
+            !s3s.backend().probe_atomic().await.unwrap(),
+            "s3s-fs measured as not atomic"
+        );
+    }
+    assert!(!s3s.atomic_leases().await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        folder_store(dir.path()).atomic_leases().await.unwrap(),
+        "link(2) is atomic"
+    );
+    let memory = Store::new(Arc::new(ObjectBackend::memory().unwrap()));
+    assert!(memory.atomic_leases().await.unwrap());
+    let Some(endpoint) = moto_endpoint() else { return };
+    let bucket = moto_bucket(&endpoint, "probe");
+    for _ in 0..3 {
+        let moto = url_store(&format!("s3://{bucket}/probe?endpoint={endpoint}"));
+        assert!(moto.backend().probe_atomic().await.unwrap(), "moto measured as atomic");
+    }
+}
