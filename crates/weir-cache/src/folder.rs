@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 
-use crate::backend::{Backend, BackendError, ObjectInfo, WriteMode, Written};
+use crate::backend::{Backend, BackendError, ObjectInfo, Versioned, WriteMode, Written};
 
 /// A folder backend.
 #[derive(Debug, Clone)]
@@ -136,6 +136,39 @@ impl FolderBackend {
         Ok(Some((hash, size)))
     }
 
+    fn read_versioned_sync(&self, path: &str) -> Result<Option<Versioned>, BackendError> {
+        let p = self.path_of(path);
+        let mut file = match fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err("open", &p, e)),
+        };
+        // Identity and bytes from one open file, so they describe the same version.
+        let meta = file.metadata().map_err(|e| self.err("stat", &p, e))?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| self.err("read", &p, e))?;
+        Ok(Some((bytes, file_version(&meta))))
+    }
+
+    /// A folder has no compare-and-delete: this compares the file's identity, then unlinks.
+    /// What can slip between the two is another file taking this name in those
+    /// microseconds; the store only uses it on files that are never rewritten in place, so
+    /// that would take the file being deleted and the name created again meanwhile.
+    fn delete_if_sync(&self, path: &str, version: &str) -> Result<bool, BackendError> {
+        let p = self.path_of(path);
+        match fs::symlink_metadata(&p) {
+            Ok(meta) if file_version(&meta) == version => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(self.err("stat", &p, e)),
+        }
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.err("delete", &p, e)),
+        }
+    }
+
     fn list_sync(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         let mut out = Vec::new();
         let start = self.path_of(prefix);
@@ -174,6 +207,13 @@ impl FolderBackend {
         }
         Ok(out)
     }
+}
+
+/// Which file a name held when it was read: device and inode, plus the change time so that
+/// an inode number the filesystem reused for a new file does not pass for the old one.
+fn file_version(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("{}:{}:{}.{}", meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
 }
 
 impl Backend for FolderBackend {
@@ -215,6 +255,14 @@ impl Backend for FolderBackend {
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, BackendError>> {
         Box::pin(std::future::ready(self.list_sync(prefix)))
+    }
+
+    fn read_versioned<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, BackendError>> {
+        Box::pin(std::future::ready(self.read_versioned_sync(path)))
+    }
+
+    fn delete_if<'a>(&'a self, path: &'a str, version: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(std::future::ready(self.delete_if_sync(path, version)))
     }
 
     fn write_file<'a>(
