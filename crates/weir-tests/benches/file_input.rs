@@ -39,7 +39,9 @@ fn main() {
     let path = dir.path().join("input.bin");
     {
         let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&path).expect("create"));
-        let chunk: Vec<u8> = (0..(8u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        let chunk: Vec<u8> = (0..(8u32 << 20))
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
         for _ in 0..(SIZE / chunk.len() as u64) {
             f.write_all(&chunk).expect("write");
         }
@@ -62,7 +64,12 @@ fn main() {
 
     let start = Instant::now();
     let out = Command::new("dd")
-        .args([&format!("if={}", path.display()), "of=/dev/null", "bs=8M", "status=none"])
+        .args([
+            &format!("if={}", path.display()),
+            "of=/dev/null",
+            "bs=8M",
+            "status=none",
+        ])
         .output()
         .expect("dd");
     assert!(out.status.success(), "dd failed");

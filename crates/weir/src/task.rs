@@ -864,10 +864,12 @@ async fn lookup_named<T>(
             Err(e) => Err(e.to_string()),
         },
         None => match store.get_named(name, now).await {
-            Ok(weir_cache::Lookup::Hit { meta, bytes }) => match cache::decode_result(store, codec, &meta, &bytes).await {
-                Ok(v) => Ok(NamedFound::Usable(v)),
-                Err(e) => unusable(format!("cannot be read as this task's output ({e})")),
-            },
+            Ok(weir_cache::Lookup::Hit { meta, bytes }) => {
+                match cache::decode_result(store, codec, &meta, &bytes).await {
+                    Ok(v) => Ok(NamedFound::Usable(v)),
+                    Err(e) => unusable(format!("cannot be read as this task's output ({e})")),
+                }
+            }
             Ok(weir_cache::Lookup::Miss) => Ok(NamedFound::Absent),
             Ok(weir_cache::Lookup::Expired { .. }) => unusable("expired".into()),
             Ok(weir_cache::Lookup::Corrupt { reason }) => unusable(reason),

@@ -101,7 +101,10 @@ mod tests {
         let src = work.path().join("part.csv");
         std::fs::write(&src, b"a,b\n1,2\n").unwrap();
         let key = CacheKey([7; 32]);
-        let files = store.put_blobs(vec![src.clone(), src], PutMode::IfAbsent).await.unwrap();
+        let files = store
+            .put_blobs(vec![src.clone(), src], PutMode::IfAbsent)
+            .await
+            .unwrap();
         assert_eq!(files.len(), 2, "one hash per reference, in order");
         let mut m = meta(&key);
         m.files = files.clone();
@@ -118,7 +121,11 @@ mod tests {
         let StoredFiles::Present(paths) = got else {
             panic!("{got:?}")
         };
-        assert_eq!(std::fs::read(&paths[0]).unwrap(), b"a,b\n1,2\n", "gc kept the listed blob");
+        assert_eq!(
+            std::fs::read(&paths[0]).unwrap(),
+            b"a,b\n1,2\n",
+            "gc kept the listed blob"
+        );
 
         store.remove(&key).await.unwrap();
         let report = store.gc(no_grace, later).await.unwrap();
