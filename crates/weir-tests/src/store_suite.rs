@@ -266,7 +266,10 @@ pub async fn quick_release(store: &Store) {
             Renewal::Renewed(l) => l,
             other => panic!("renewed at once (round {round}), got {other:?}"),
         };
-        assert!(store.release(&b).await.unwrap(), "released after a renewal (round {round})");
+        assert!(
+            store.release(&b).await.unwrap(),
+            "released after a renewal (round {round})"
+        );
     }
 }
 

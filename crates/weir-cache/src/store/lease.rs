@@ -109,6 +109,7 @@ impl Store {
                 holder: "another writer".into(),
                 expires_at: now + ttl,
                 token: String::new(),
+                ttl,
             }))
         };
         // The generation to create, and the version of the one it takes over.
@@ -136,6 +137,7 @@ impl Store {
             holder: holder.to_string(),
             expires_at: now + ttl,
             token: new_token(),
+            ttl,
         };
         if let Some(theirs) = self.claim(key, next, &rec).await? {
             return Ok(held(theirs));
@@ -180,6 +182,7 @@ impl Store {
             holder: lease.holder.clone(),
             expires_at: now + ttl,
             token: lease.token.clone(),
+            ttl,
         };
         let next = lease.generation + 1;
         if let Some(theirs) = self.claim(key, next, &rec).await? {
