@@ -1,7 +1,5 @@
 //! What every result store backend must do, as one suite run against each backend
-//! (folder, FUSE mount, memory, s3s-fs, moto), so no backend can quietly differ.
-
-use std::sync::Arc;
+//! (folder, FUSE mount, JuiceFS, memory, s3s-fs, moto), so no backend can quietly differ.
 
 use weir_cache::backend::WriteMode;
 use weir_cache::{
@@ -44,7 +42,7 @@ pub fn meta(k: &CacheKey) -> EntryMeta {
     }
 }
 
-async fn hit_bytes(store: &dyn ResultStore, k: &CacheKey) -> Vec<u8> {
+pub async fn hit_bytes(store: &dyn ResultStore, k: &CacheKey) -> Vec<u8> {
     match store.get(k, 2_000).await.expect("get") {
         Lookup::Hit { bytes, .. } => bytes,
         other => panic!("expected a hit, got {other:?}"),
@@ -330,47 +328,168 @@ pub async fn stalled_holder(store: &Store) {
     assert_eq!(holder_of(store, &k, 7_004).await, None, "released");
 }
 
-/// Concurrent create-if-absent: exactly one winner. Only for backends whose conditional
-/// writes are atomic (not s3s-fs).
-pub async fn races(store: Arc<Store>) {
-    let k = key("races", 1);
-    let mut handles = Vec::new();
-    for i in 0..16 {
-        let store = store.clone();
-        handles.push(tokio::spawn(async move {
-            store
-                .put(meta(&k), format!("writer-{i}").into_bytes(), PutMode::IfAbsent)
-                .await
-                .unwrap()
-                .0
-        }));
-    }
-    let mut winners = 0;
-    for h in handles {
-        if h.await.unwrap() == PutOutcome::Published {
-            winners += 1;
-        }
-    }
-    assert_eq!(winners, 1, "exactly one concurrent writer publishes");
+/// How many writers race for one key.
+pub const RACE_WRITERS: usize = 16;
+/// How many times they race on a fast store: one round can let a broken mechanism win by
+/// luck (a check-then-rename "create if absent" on a local disk passed one round in three,
+/// and never passed 64).
+pub const RACE_ROUNDS: u64 = 64;
 
-    let lk = key("races", 2);
-    let mut handles = Vec::new();
-    for i in 0..16 {
-        let store = store.clone();
-        handles.push(tokio::spawn(async move {
-            matches!(
-                store.try_lease(&lk, &format!("h{i}"), 60_000_000, 0).await.unwrap(),
-                LeaseOutcome::Acquired(_)
-            )
-        }));
+/// What one writer saw in one round of a race.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaceOutcome {
+    pub writer: usize,
+    /// Whether this writer's create-if-absent won (`Published`, or the lease `Acquired`).
+    pub won: bool,
+    /// What the writer read back right after: the stored bytes, or the lease's holder.
+    pub seen: String,
+}
+
+/// The bytes writer `w` tries to store in round `r`: each writer's differ, so a loser that
+/// adopted the winner's result is told apart from one that kept its own.
+pub fn race_bytes(w: usize, r: u64) -> String {
+    format!("writer-{w}-round-{r}")
+}
+
+/// The holder name writer `w` asks for a lease with.
+pub fn race_holder(w: usize) -> String {
+    format!("holder-{w}")
+}
+
+/// Writer `w`'s create-if-absent of `k`, then what it reads back.
+pub async fn race_put(store: &dyn ResultStore, k: &CacheKey, w: usize, r: u64) -> RaceOutcome {
+    let (o, _) = store
+        .put(meta(k), race_bytes(w, r).into_bytes(), PutMode::IfAbsent)
+        .await
+        .unwrap();
+    let seen = String::from_utf8_lossy(&hit_bytes(store, k).await).into_owned();
+    RaceOutcome {
+        writer: w,
+        won: o == PutOutcome::Published,
+        seen,
     }
-    let mut holders = 0;
-    for h in handles {
-        if h.await.unwrap() {
-            holders += 1;
-        }
+}
+
+/// Writer `w` asks for the lease of `k`; `seen` is the holder it got it from (itself or not).
+pub async fn race_lease(store: &dyn ResultStore, k: &CacheKey, w: usize) -> RaceOutcome {
+    let me = race_holder(w);
+    match store.try_lease(k, &me, 3_600_000_000, 0).await.unwrap() {
+        LeaseOutcome::Acquired(_) => RaceOutcome {
+            writer: w,
+            won: true,
+            seen: me,
+        },
+        LeaseOutcome::Held(rec) => RaceOutcome {
+            writer: w,
+            won: false,
+            seen: rec.holder,
+        },
     }
-    assert_eq!(holders, 1, "exactly one concurrent asker gets the lease");
+}
+
+/// One round of a race, from every writer: exactly one won, and every writer (the winner
+/// too) saw the winner's value (`expected(winner)`).
+pub fn check_round(what: &str, round: u64, outcomes: &[RaceOutcome], expected: impl Fn(usize) -> String) {
+    let winners: Vec<usize> = outcomes.iter().filter(|o| o.won).map(|o| o.writer).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "{what}, round {round}: exactly one of {} concurrent writers wins, not {winners:?}",
+        outcomes.len()
+    );
+    let want = expected(winners[0]);
+    for o in outcomes {
+        assert_eq!(
+            o.seen, want,
+            "{what}, round {round}: writer {} sees the winner's value",
+            o.writer
+        );
+    }
+}
+
+/// A salt no earlier run used, so races on a shared store start from absent keys.
+pub fn fresh_salt(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{what}-{}-{nanos}", std::process::id())
+}
+
+/// Concurrent create-if-absent and lease requests from [`RACE_WRITERS`] OS threads, released
+/// together by a barrier, each with its own runtime and its own store (`open(writer)`, so
+/// writers can use different mounts or clients of one store), for `rounds` rounds:
+/// exactly one writer wins each round and everyone reads the winner's result. Only for
+/// backends whose conditional writes are atomic (not s3s-fs).
+pub fn races(rounds: u64, open: impl Fn(usize) -> Store + Sync) {
+    let salt = fresh_salt("races");
+    let barrier = std::sync::Barrier::new(RACE_WRITERS);
+    // Per writer: its outcomes per round, and when its puts started and ended.
+    type Spans = Vec<(std::time::Instant, std::time::Instant)>;
+    let per_writer: Vec<(Vec<RaceOutcome>, Vec<RaceOutcome>, Spans)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..RACE_WRITERS)
+            .map(|w| {
+                let (open, barrier, salt) = (&open, &barrier, &salt);
+                s.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    let store = open(w);
+                    // Connect (or warm the directory cache) before the race, not during it.
+                    rt.block_on(store.get(&key("warm-up", w as u64), 0)).unwrap();
+                    let (mut puts, mut leases, mut spans) = (Vec::new(), Vec::new(), Vec::new());
+                    // A writer that fails still meets the others at the barrier (or they
+                    // would wait forever); its failure shows in its outcome.
+                    let run = |f: &mut dyn FnMut() -> RaceOutcome| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| RaceOutcome {
+                            writer: w,
+                            won: false,
+                            seen: format!("(failed: {})", panic_text(&p)),
+                        })
+                    };
+                    for r in 0..rounds {
+                        barrier.wait();
+                        let start = std::time::Instant::now();
+                        puts.push(run(&mut || rt.block_on(race_put(&store, &key(salt, r), w, r))));
+                        spans.push((start, std::time::Instant::now()));
+                        barrier.wait();
+                        let lease_key = key(&format!("{salt}-lease"), r);
+                        leases.push(run(&mut || rt.block_on(race_lease(&store, &lease_key, w))));
+                    }
+                    (puts, leases, spans)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut overlapped = 0;
+    for r in 0..rounds as usize {
+        let puts: Vec<RaceOutcome> = per_writer.iter().map(|(p, _, _)| p[r].clone()).collect();
+        check_round("put if absent", r as u64, &puts, |w| race_bytes(w, r as u64));
+        let leases: Vec<RaceOutcome> = per_writer.iter().map(|(_, l, _)| l[r].clone()).collect();
+        check_round("lease", r as u64, &leases, race_holder);
+        let spans: Vec<_> = per_writer.iter().map(|(_, _, s)| s[r]).collect();
+        overlapped = overlapped.max(most_at_once(&spans));
+    }
+    // The writers really ran at the same time (not one after another).
+    assert!(overlapped >= 2, "the writers' puts never overlapped");
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// The most spans in progress at one instant.
+pub fn most_at_once<T: Ord + Copy>(spans: &[(T, T)]) -> usize {
+    spans
+        .iter()
+        .map(|(start, _)| spans.iter().filter(|(s, e)| s <= start && start < e).count())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Everything but races.

@@ -159,7 +159,8 @@ fn a_writer_killed_mid_write_leaves_no_readable_partial_entry() {
 
 use std::io::{BufRead, BufReader};
 
-use weir_tests::s3::{S3sServer, credentials_env, moto_endpoint};
+use weir_tests::mounts::{Bindfs, JuiceFs};
+use weir_tests::s3::{S3sServer, credentials_env, moto_bucket, moto_endpoint};
 
 fn probe_s3(home: &Path, url: &str) -> Command {
     let mut cmd = probe(home);
@@ -197,25 +198,17 @@ fn two_processes_on_two_homes_share_one_s3_store() {
     assert_eq!(ok(offline), "hit", "served from the local tier with the S3 server gone");
 }
 
-#[test]
-fn eight_processes_computing_one_key_compute_it_once() {
-    let Some(endpoint) = moto_endpoint() else { return };
-    let bucket = format!("race-{}", std::process::id());
-    let made = Command::new("python3")
-        .args([
-            "-c",
-            &format!("import urllib.request as u; u.urlopen(u.Request('{endpoint}/{bucket}', method='PUT')).read()"),
-        ])
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let url = format!("s3://{bucket}/race?endpoint={endpoint}");
+/// Eight processes (separate homes: eight "machines") run one cached task with the same
+/// input at once, process `i` on the store `locations[i % len]`: the body runs once, one
+/// process misses and seven hit.
+fn eight_processes_compute_one_key_once(locations: &[String]) {
     let marker = tempfile::NamedTempFile::new().unwrap();
     let homes: Vec<_> = (0..8).map(|_| tempfile::tempdir().unwrap()).collect();
     let children: Vec<_> = homes
         .iter()
-        .map(|h| {
-            probe_s3(h.path(), &url)
+        .enumerate()
+        .map(|(i, h)| {
+            probe_s3(h.path(), &locations[i % locations.len()])
                 .env("PROBE_MARKER", marker.path())
                 .env("PROBE_WORK_MS", "1500")
                 .args(["run", "77"])
@@ -239,6 +232,147 @@ fn eight_processes_computing_one_key_compute_it_once() {
     );
     assert_eq!(outs.iter().filter(|o| *o == "miss").count(), 1, "{outs:?}");
     assert_eq!(outs.iter().filter(|o| *o == "hit").count(), 7, "{outs:?}");
+}
+
+#[test]
+fn eight_processes_computing_one_key_compute_it_once() {
+    let Some(endpoint) = moto_endpoint() else { return };
+    let bucket = moto_bucket(&endpoint, "race");
+    eight_processes_compute_one_key_once(&[format!("s3://{bucket}/race?endpoint={endpoint}")]);
+}
+
+#[test]
+fn eight_processes_on_two_juicefs_mounts_compute_one_key_once() {
+    let Some(jfs) = JuiceFs::folder("compute-once") else {
+        return;
+    };
+    let mounts: Vec<String> = jfs.dirs.iter().map(|d| d.display().to_string()).collect();
+    eight_processes_compute_one_key_once(&mounts);
+}
+
+// ---------- races between processes ----------
+
+const PROCESS_WRITERS: usize = 8;
+const PROCESS_ROUNDS: u64 = 8;
+
+/// One writer process of a race (`cache_probe race`), driven line by line.
+struct Racer {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Racer {
+    fn next_line(&mut self) -> String {
+        match self.lines.next() {
+            Some(Ok(l)) => l,
+            _ => {
+                let status = self.child.wait().unwrap();
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("racer exited ({status}): {err}");
+            }
+        }
+    }
+}
+
+/// [`PROCESS_WRITERS`] processes race for one key per round, [`PROCESS_ROUNDS`] rounds, writer
+/// `w` on the store `locations[w % len]`; each round every writer is released at once (all
+/// ready, then `go` to each), puts if absent and reads back, then asks for the round's lease.
+/// Exactly one wins each, and every writer reads the winner's bytes and sees the winner
+/// holding the lease.
+fn processes_race(locations: &[String]) {
+    use std::io::Write;
+    use weir_tests::store_suite::{RaceOutcome, check_round, fresh_salt, most_at_once, race_bytes, race_holder};
+    let home = tempfile::tempdir().unwrap();
+    let salt = fresh_salt("process-races");
+    let mut racers: Vec<Racer> = (0..PROCESS_WRITERS)
+        .map(|w| {
+            let mut child = probe_s3(home.path(), "unused")
+                .args([
+                    "race",
+                    &locations[w % locations.len()],
+                    &salt,
+                    &w.to_string(),
+                    &PROCESS_ROUNDS.to_string(),
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.take().unwrap();
+            let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            Racer { child, stdin, lines }
+        })
+        .collect();
+    let mut overlapped = 0;
+    for r in 0..PROCESS_ROUNDS {
+        for what in ["put", "lease"] {
+            for racer in &mut racers {
+                assert_eq!(racer.next_line(), "ready");
+            }
+            // Everyone is ready: release them together.
+            for racer in &mut racers {
+                racer.stdin.write_all(b"go\n").unwrap();
+                racer.stdin.flush().unwrap();
+            }
+            let mut outcomes = Vec::new();
+            let mut spans = Vec::new();
+            for (w, racer) in racers.iter_mut().enumerate() {
+                let line = racer.next_line();
+                let f: Vec<&str> = line.split(' ').collect();
+                assert_eq!((f.len(), f[0], f[1]), (6, what, r.to_string().as_str()), "{line}");
+                spans.push((f[3].parse::<u128>().unwrap(), f[4].parse::<u128>().unwrap()));
+                outcomes.push(RaceOutcome {
+                    writer: w,
+                    won: f[2] == "won",
+                    seen: f[5].to_string(),
+                });
+            }
+            if what == "put" {
+                check_round("put if absent across processes", r, &outcomes, |w| race_bytes(w, r));
+                overlapped = overlapped.max(most_at_once(&spans));
+            } else {
+                check_round("lease across processes", r, &outcomes, race_holder);
+            }
+        }
+    }
+    for mut racer in racers {
+        drop(racer.stdin);
+        assert!(racer.child.wait().unwrap().success());
+    }
+    assert!(overlapped >= 2, "the writer processes never overlapped");
+}
+
+#[test]
+fn writers_in_separate_processes_race_on_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    processes_race(&[dir.path().display().to_string()]);
+}
+
+#[test]
+fn writers_in_separate_processes_race_on_a_fuse_mount() {
+    let Some(fuse) = Bindfs::mount() else { return };
+    processes_race(&[fuse.path().display().to_string()]);
+}
+
+#[test]
+fn writers_in_separate_processes_race_on_moto() {
+    let Some(endpoint) = moto_endpoint() else { return };
+    let bucket = moto_bucket(&endpoint, "process-race");
+    processes_race(&[format!("s3://{bucket}/race?endpoint={endpoint}")]);
+}
+
+#[test]
+fn writers_in_separate_processes_race_on_two_juicefs_mounts() {
+    let Some(jfs) = JuiceFs::folder("process-races") else {
+        return;
+    };
+    let mounts: Vec<String> = jfs.dirs.iter().map(|d| d.display().to_string()).collect();
+    processes_race(&mounts);
 }
 
 #[test]
@@ -369,6 +503,14 @@ fn a_large_file_result_goes_to_s3_in_parts_and_comes_back_through_the_local_tier
     std::fs::remove_file(work.path().join(format!("made-{size}"))).unwrap();
     let (second, len, peak2) = file_run(&mut probe_s3(b.path(), &url), size, work.path());
     assert_eq!((first.as_str(), second.as_str(), len), ("miss", "hit", size));
+    // It went up in parts (8 MiB each), not as one request holding the whole file.
+    assert_eq!(server.requests("CreateMultipartUpload"), 1, "one multipart upload");
+    assert_eq!(server.requests("CompleteMultipartUpload"), 1, "one multipart upload");
+    assert!(
+        server.requests("UploadPart") >= size / (8 << 20),
+        "{} parts for {size} bytes",
+        server.requests("UploadPart")
+    );
     let extra_mib = (peak1.max(peak2).saturating_sub(baseline)) / 1024;
     assert!(extra_mib <= 64, "peak memory grew by {extra_mib} MiB");
     // The second machine downloaded it once into its local tier.
@@ -382,15 +524,7 @@ fn a_large_file_result_goes_to_s3_in_parts_and_comes_back_through_the_local_tier
 /// A `WEIR_RESULTS` URL for a fresh bucket on the moto server, if there is one.
 fn moto_results(name: &str) -> Option<String> {
     let endpoint = moto_endpoint()?;
-    let bucket = format!("{name}-{}", std::process::id());
-    let made = Command::new("python3")
-        .args([
-            "-c",
-            &format!("import urllib.request as u; u.urlopen(u.Request('{endpoint}/{bucket}', method='PUT')).read()"),
-        ])
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let bucket = moto_bucket(&endpoint, name);
     Some(format!("s3://{bucket}/leases?endpoint={endpoint}"))
 }
 

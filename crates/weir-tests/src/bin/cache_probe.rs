@@ -4,13 +4,21 @@
 //! cache_probe key forward|reverse   print the cache key of a call with a HashMap input
 //! cache_probe run N                 run a flow with one cached task; print hit|miss
 //! cache_probe big BYTES             run a flow whose cached task returns BYTES bytes
-//! ```
 //! cache_probe stamp N                run a task returning "N by <pid>" (expires after 1 h);
 //!                                   print hit|miss and the value
 //! cache_probe named skip|error R    run a task with a result key and that on_duplicate;
 //!                                   print hit|miss and the value, or "error" and why
+//! cache_probe race STORE SALT W ROUNDS
+//!                                   writer W of a cross-process race on the store STORE
+//! ```
 //! `run`, `stamp` and `named` append a line to `$PROBE_MARKER` each time the task body
 //! really runs. `PROBE_CLOCK_AHEAD_S` moves weir's clock forward (to meet expired entries).
+//!
+//! `race` is one writer of a race between processes: for each round it prints `ready`,
+//! waits for a line on stdin (the test sends `go` to every writer at once, once all are
+//! ready), does a create-if-absent of the round's key and prints
+//! `put R won|lost START END SEEN` (wall-clock µs; `SEEN`: the bytes it reads back), then the
+//! same for the round's lease (`lease R won|lost START END HOLDER`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -169,6 +177,47 @@ fn labels(reverse: bool) -> HashMap<String, f64> {
     map
 }
 
+/// Waits for the test's `go` (see the module docs).
+fn ready() -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    let mut line = String::new();
+    anyhow::ensure!(std::io::stdin().read_line(&mut line)? > 0, "stdin closed before go");
+    Ok(())
+}
+
+async fn race(location: &str, salt: &str, writer: usize, rounds: u64) -> anyhow::Result<()> {
+    use weir_tests::store_suite::{RaceOutcome, key, race_lease, race_put};
+    // With fsync, as users run it: on JuiceFS and NFS a file is only whole for other
+    // clients once flushed.
+    let store = weir_cache::open(location, &weir_cache::OpenOptions::default())?;
+    // Connect before the race, not during it.
+    store.get(&key("warm-up", writer as u64), 0).await?;
+    // The wall clock, so the test can tell whether writers in different processes overlapped.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0)
+    };
+    let line = |what: &str, r: u64, start: u128, o: RaceOutcome| {
+        let won = if o.won { "won" } else { "lost" };
+        format!("{what} {r} {won} {start} {} {}", now(), o.seen)
+    };
+    for r in 0..rounds {
+        ready()?;
+        let start = now();
+        let o = race_put(&*store, &key(salt, r), writer, r).await;
+        println!("{}", line("put", r, start, o));
+        ready()?;
+        let start = now();
+        let o = race_lease(&*store, &key(&format!("{salt}-lease"), r), writer).await;
+        println!("{}", line("lease", r, start, o));
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if let Some(s) = std::env::var("PROBE_CLOCK_AHEAD_S").ok().and_then(|v| v.parse().ok()) {
@@ -218,7 +267,8 @@ async fn main() -> anyhow::Result<()> {
             let len = probe_big(bytes.parse()?).await?;
             println!("{len}");
         }
-        _ => bail!("usage: cache_probe key forward|reverse | run N | big BYTES"),
+        ["race", store, salt, writer, rounds] => race(store, salt, writer.parse()?, rounds.parse()?).await?,
+        _ => bail!("usage: cache_probe key forward|reverse | run N | big BYTES | race STORE SALT W ROUNDS"),
     }
     Ok(())
 }
