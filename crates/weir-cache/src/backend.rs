@@ -75,7 +75,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
 
     /// The file's bytes and what identifies this very version of it (the ETag on object
-    /// storage; device, inode and change time on folders), or `None` if there is no such file.
+    /// storage; a hash of the contents on folders), or `None` if there is no such file.
     fn read_versioned<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, BackendError>>;
 
     /// Deletes `path` only if it is still the version [`Backend::read_versioned`] returned:

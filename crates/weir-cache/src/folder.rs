@@ -136,32 +136,31 @@ impl FolderBackend {
         Ok(Some((hash, size)))
     }
 
-    fn read_versioned_sync(&self, path: &str) -> Result<Option<Versioned>, BackendError> {
-        let p = self.path_of(path);
-        let mut file = match fs::File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.err("open", &p, e)),
-        };
-        // Identity and bytes from one open file, so they describe the same version.
-        let meta = file.metadata().map_err(|e| self.err("stat", &p, e))?;
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| self.err("read", &p, e))?;
-        Ok(Some((bytes, file_version(&meta))))
+    fn read_sync(&self, path: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        match fs::read(self.path_of(path)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("read", &self.path_of(path), e)),
+        }
     }
 
-    /// A folder has no compare-and-delete: this compares the file's identity, then unlinks.
+    fn read_versioned_sync(&self, path: &str) -> Result<Option<Versioned>, BackendError> {
+        Ok(self.read_sync(path)?.map(|bytes| {
+            let version = content_version(&bytes);
+            (bytes, version)
+        }))
+    }
+
+    /// A folder has no compare-and-delete: this compares the file's contents, then unlinks.
     /// What can slip between the two is another file taking this name in those
     /// microseconds; the store only uses it on files that are never rewritten in place, so
     /// that would take the file being deleted and the name created again meanwhile.
     fn delete_if_sync(&self, path: &str, version: &str) -> Result<bool, BackendError> {
-        let p = self.path_of(path);
-        match fs::symlink_metadata(&p) {
-            Ok(meta) if file_version(&meta) == version => {}
-            Ok(_) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(self.err("stat", &p, e)),
+        match self.read_sync(path)? {
+            Some(bytes) if content_version(&bytes) == version => {}
+            _ => return Ok(false),
         }
+        let p = self.path_of(path);
         match fs::remove_file(&p) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -209,11 +208,13 @@ impl FolderBackend {
     }
 }
 
-/// Which file a name held when it was read: device and inode, plus the change time so that
-/// an inode number the filesystem reused for a new file does not pass for the old one.
-fn file_version(meta: &fs::Metadata) -> String {
-    use std::os::unix::fs::MetadataExt;
-    format!("{}:{}:{}.{}", meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+/// Which version of a file was read: a hash of its contents. Not its inode and change
+/// time: FUSE and network mounts (JuiceFS, NFS) cache attributes, so right after a file is
+/// created `fstat` and `stat` can disagree about its change time; and a freed inode number
+/// is soon reused. The store's versioned files carry a random token, so their contents
+/// tell them apart.
+fn content_version(bytes: &[u8]) -> String {
+    format!("b3:{}", blake3::hash(bytes).to_hex())
 }
 
 impl Backend for FolderBackend {
@@ -226,11 +227,7 @@ impl Backend for FolderBackend {
     }
 
     fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
-        let result = match fs::read(self.path_of(path)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.err("read", &self.path_of(path), e)),
-        };
+        let result = self.read_sync(path);
         Box::pin(std::future::ready(result))
     }
 

@@ -251,6 +251,27 @@ pub async fn leases(store: &Store) {
     );
 }
 
+/// A lease given back right after it was taken is gone (a run that fails at once must not
+/// leave its waiters blocked until the lease expires), and one renewed at once is renewed.
+/// (On FUSE and network filesystems a file's attributes are cached for a while after it is
+/// created, so what identifies a file must not be read from them.)
+pub async fn quick_release(store: &Store) {
+    let k = key("quick_release", 1);
+    for round in 0..5 {
+        let a = acquired(store.try_lease(&k, "a", 1_000_000, round).await.unwrap());
+        assert!(store.release(&a).await.unwrap(), "released at once (round {round})");
+        let b = acquired(store.try_lease(&k, "b", 1_000_000, round).await.unwrap());
+        let b = match store.renew(&b, 1_000_000, round).await.unwrap() {
+            Renewal::Renewed(l) => l,
+            other => panic!("renewed at once (round {round}), got {other:?}"),
+        };
+        assert!(
+            store.release(&b).await.unwrap(),
+            "released after a renewal (round {round})"
+        );
+    }
+}
+
 fn acquired(outcome: LeaseOutcome) -> Lease {
     match outcome {
         LeaseOutcome::Acquired(l) => l,
@@ -482,4 +503,5 @@ pub async fn all(store: &Store) {
     maintenance(store).await;
     leases(store).await;
     stalled_holder(store).await;
+    quick_release(store).await;
 }

@@ -256,3 +256,183 @@ fn threads_writing_one_result_name_store_one_result() {
         "nothing of the losers was written"
     );
 }
+
+// ---------- a lease's generations starting again while someone stalled (ABA) ----------
+
+/// A folder backend that can freeze the first create-if-absent write of one path (a process
+/// stalled at exactly that point: the one fault here that cannot be caused from outside).
+#[derive(Debug)]
+struct Gated {
+    inner: FolderBackend,
+    gate: Mutex<Option<Gate>>,
+}
+
+#[derive(Debug)]
+struct Gate {
+    path: String,
+    reached: tokio::sync::oneshot::Sender<()>,
+    go: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Gated {
+    /// A store over `inner` whose first write of `path` waits: returns the store, a
+    /// receiver told when the write is reached, and the sender that lets it go on.
+    fn store(
+        inner: FolderBackend,
+        path: String,
+    ) -> (
+        Store,
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (reached, reached_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go) = tokio::sync::oneshot::channel();
+        let gated = Gated {
+            inner,
+            gate: Mutex::new(Some(Gate { path, reached, go })),
+        };
+        (Store::new(Arc::new(gated)), reached_rx, go_tx)
+    }
+}
+
+use weir_cache::backend::{Backend, BackendError, ObjectInfo, Versioned, WriteMode, Written};
+
+impl Backend for Gated {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn atomic_if_absent(&self) -> bool {
+        self.inner.atomic_if_absent()
+    }
+    fn read<'a>(&'a self, path: &'a str) -> futures::future::BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
+        self.inner.read(path)
+    }
+    fn write<'a>(
+        &'a self,
+        path: &'a str,
+        bytes: Vec<u8>,
+        mode: WriteMode,
+    ) -> futures::future::BoxFuture<'a, Result<Written, BackendError>> {
+        let gate = {
+            let mut g = self.gate.lock().unwrap();
+            match &*g {
+                Some(gate) if gate.path == path => g.take(),
+                _ => None,
+            }
+        };
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                let _ = gate.reached.send(());
+                let _ = gate.go.await;
+            }
+            self.inner.write(path, bytes, mode).await
+        })
+    }
+    fn delete<'a>(&'a self, path: &'a str) -> futures::future::BoxFuture<'a, Result<(), BackendError>> {
+        self.inner.delete(path)
+    }
+    fn read_versioned<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Versioned>, BackendError>> {
+        self.inner.read_versioned(path)
+    }
+    fn delete_if<'a>(
+        &'a self,
+        path: &'a str,
+        version: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<bool, BackendError>> {
+        self.inner.delete_if(path, version)
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> futures::future::BoxFuture<'a, Result<Vec<ObjectInfo>, BackendError>> {
+        self.inner.list(prefix)
+    }
+    fn write_file<'a>(
+        &'a self,
+        path: &'a str,
+        src: &'a std::path::Path,
+        mode: WriteMode,
+    ) -> futures::future::BoxFuture<'a, Result<Written, BackendError>> {
+        self.inner.write_file(path, src, mode)
+    }
+    fn read_to_file<'a>(
+        &'a self,
+        path: &'a str,
+        dest: &'a std::path::Path,
+    ) -> futures::future::BoxFuture<'a, Result<Option<(String, u64)>, BackendError>> {
+        self.inner.read_to_file(path, dest)
+    }
+}
+
+fn acquired(outcome: LeaseOutcome) -> weir_cache::Lease {
+    match outcome {
+        LeaseOutcome::Acquired(l) => l,
+        other => panic!("expected the lease, got {other:?}"),
+    }
+}
+
+/// The path of a key's lease generation `n`, as the store lays it out.
+fn generation_path(key: &weir_cache::CacheKey, n: u64) -> String {
+    format!("v1/leases/{}/{n:020}", key.to_hex())
+}
+
+/// Whether `lease` is still its holder's: renewing it says.
+async fn still_holds(store: &Store, lease: &weir_cache::Lease, now: i64) -> bool {
+    matches!(store.renew(lease, 1_000, now).await.unwrap(), Renewal::Renewed(_))
+}
+
+/// `x` finds `a`'s lease expired and stalls just before taking it over. Meanwhile `a` wakes
+/// and releases it, and `c` acquires the key afresh: its generation 1 is a new lease that
+/// has the very path `x` read. When `x` goes on, it must not take `c`'s lease from under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_taker_does_not_take_over_a_lease_acquired_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Store::new(Arc::new(FolderBackend::open(dir.path()).unwrap()));
+    let key = weir_cache::named_lease_key(&format!("aba-take-{}", unique()));
+    let (gated, reached, go) = Gated::store(FolderBackend::open(dir.path()).unwrap(), generation_path(&key, 2));
+    let a = acquired(plain.try_lease(&key, "a", 1_000, 0).await.unwrap());
+    let gated = Arc::new(gated);
+    let x = tokio::spawn({
+        let gated = gated.clone();
+        async move { gated.try_lease(&key, "x", 1_000, 5_000).await.unwrap() }
+    });
+    reached.await.unwrap();
+    assert!(plain.release(&a).await.unwrap(), "a still had its lease");
+    let c = acquired(plain.try_lease(&key, "c", 1_000, 5_000).await.unwrap());
+    go.send(()).unwrap();
+    // `c` holds the key, unexpired: `x` must wait for it, and `c` keep it.
+    match x.await.unwrap() {
+        LeaseOutcome::Held(rec) => assert_eq!(rec.holder, "c"),
+        other => panic!("x took the key while c held it: {other:?}"),
+    }
+    assert!(still_holds(&plain, &c, 5_001).await, "c kept its lease");
+}
+
+/// `a` stalls in the middle of renewing (it read its generation 1, and is about to create
+/// generation 2). Its lease expires, `b` takes the key over, finishes and releases it, and
+/// `c` acquires it afresh (generation 1 again). When `a` goes on, its renewal must fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_stalled_mid_renewal_does_not_share_a_lease_acquired_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Store::new(Arc::new(FolderBackend::open(dir.path()).unwrap()));
+    let key = weir_cache::named_lease_key(&format!("aba-renew-{}", unique()));
+    let (gated, reached, go) = Gated::store(FolderBackend::open(dir.path()).unwrap(), generation_path(&key, 2));
+    let a = acquired(gated.try_lease(&key, "a", 1_000, 0).await.unwrap());
+    let gated = Arc::new(gated);
+    let renewal = tokio::spawn({
+        let gated = gated.clone();
+        async move { gated.renew(&a, 1_000, 500).await.unwrap() }
+    });
+    reached.await.unwrap();
+    let b = acquired(plain.try_lease(&key, "b", 1_000, 5_000).await.unwrap());
+    assert!(plain.release(&b).await.unwrap());
+    let c = acquired(plain.try_lease(&key, "c", 1_000, 5_000).await.unwrap());
+    go.send(()).unwrap();
+    // `c` holds the key, unexpired: `a` lost it, and `c` keeps it.
+    let renewal = renewal.await.unwrap();
+    assert!(
+        matches!(renewal, Renewal::Lost(_)),
+        "a renewed a lease c holds: {renewal:?}"
+    );
+    assert!(still_holds(&plain, &c, 5_001).await, "c kept its lease");
+}

@@ -759,3 +759,41 @@ fn processes_writing_one_result_name_store_one_result() {
         assert!(matches!(found, weir_cache::Lookup::Hit { .. }), "{mode}: {found:?}");
     }
 }
+
+/// Machines may set `WEIR_LEASE_TTL` differently. A holder with a long TTL renews rarely
+/// (every third of its TTL); a waiter with a short one must still see it as alive, not take
+/// the key over after two of its own TTLs and compute it a second time.
+#[test]
+fn a_waiter_with_a_shorter_lease_ttl_waits_for_a_live_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results").display().to_string();
+    let marker = dir.path().join("marker");
+    let homes: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = probe_s3(homes[0].path(), &results)
+        .env("PROBE_MARKER", &marker)
+        .env("WEIR_LEASE_TTL", "30s")
+        .env("PROBE_WORK_MS", "5000")
+        .args(["stamp", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut a_log = BufReader::new(a.stderr.take().unwrap()).lines();
+    loop {
+        let line = a_log.next().expect("the holder exited early").unwrap();
+        if line.contains("computing 60") {
+            break;
+        }
+    }
+    let b = ok(probe_s3(homes[1].path(), &results)
+        .env("PROBE_MARKER", &marker)
+        .env("WEIR_LEASE_TTL", "1s")
+        .args(["stamp", "60"])
+        .output()
+        .unwrap());
+    let a_out = a.wait_with_output().unwrap();
+    let a_value = ok(a_out);
+    assert_eq!(marks(&marker).len(), 1, "computed twice: {:?}", marks(&marker));
+    let a_value = a_value.strip_prefix("miss ").unwrap();
+    assert_eq!(b, format!("hit {a_value}"));
+}

@@ -337,9 +337,9 @@ pub(crate) struct Waiting<'a> {
     pub task: &'static str,
 }
 
-/// How many lease TTLs a holder may go without renewing (as seen by the waiter's own
-/// clock) before a waiter treats it as dead whatever its lease's expiry says: the holder's
-/// clock may be ahead of ours.
+/// How many lease TTLs (the holder's or ours, whichever is longer) a holder may go without
+/// renewing (as seen by the waiter's own clock) before a waiter treats it as dead whatever
+/// its lease's expiry says: the holder's clock may be ahead of ours.
 const STALE_TTLS: u32 = 2;
 
 /// Whether this process has started measuring the store's create-if-absent (once: the
@@ -403,7 +403,10 @@ pub(crate) async fn isolate<T, F: Future<Output = Recheck<T>>>(
                 let progress = (rec.token.clone(), rec.expires_at);
                 match &last_seen {
                     Some((p, since)) if *p == progress => {
-                        if since.elapsed() >= how.ttl * STALE_TTLS {
+                        // The holder renews every third of its own TTL, which may be
+                        // longer than ours (`WEIR_LEASE_TTL` differs between machines).
+                        let theirs = Duration::from_micros(rec.ttl.max(0) as u64);
+                        if since.elapsed() >= how.ttl.max(theirs) * STALE_TTLS {
                             // Ask again as if at its expiry: its holder is gone.
                             take_over_at = Some(rec.expires_at);
                         }

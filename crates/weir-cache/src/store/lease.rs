@@ -109,37 +109,51 @@ impl Store {
                 holder: "another writer".into(),
                 expires_at: now + ttl,
                 token: String::new(),
+                ttl,
             }))
         };
+        // The generation to create, and the version of the one it takes over.
         let mut next = None;
         for _ in 0..RELIST {
             let Some(&top) = self.generations(key).await?.last() else {
-                next = Some(1);
+                next = Some((1, None));
                 break;
             };
             match self.read_generation(key, top).await? {
                 Some((Some(rec), _)) if rec.expires_at > now => return Ok(LeaseOutcome::Held(rec)),
                 // Expired, or unreadable: take it over.
-                Some(_) => {
-                    next = Some(top + 1);
+                Some((_, version)) => {
+                    next = Some((top + 1, Some(version)));
                     break;
                 }
                 // Renewed or released between the listing and the read: look again.
                 None => continue,
             }
         }
-        let Some(next) = next else { return Ok(held(None)) };
+        let Some((next, taken_over)) = next else {
+            return Ok(held(None));
+        };
         let rec = LeaseRecord {
             holder: holder.to_string(),
             expires_at: now + ttl,
             token: new_token(),
+            ttl,
         };
         if let Some(theirs) = self.claim(key, next, &rec).await? {
             return Ok(held(theirs));
         }
-        if next > 1 {
-            // The generation we took over: nobody can create it again while ours exists.
-            let _ = self.backend.delete(&gen_path(key, next - 1)).await;
+        if let Some(version) = taken_over {
+            // The generation we took over: nobody can create it again while ours exists. It
+            // must still be the expired one we read. If its holder released it meanwhile and
+            // someone acquired the key afresh (generations start again at 1), that path now
+            // holds a live lease (ABA): it stays, and ours goes.
+            let below = gen_path(key, next - 1);
+            if let Ok(false) = self.backend.delete_if(&below, &version).await
+                && let Some((theirs, _)) = self.read_generation(key, next - 1).await?
+            {
+                self.backend.delete(&gen_path(key, next)).await?;
+                return Ok(held(theirs));
+            }
         }
         Ok(LeaseOutcome::Acquired(Lease {
             key: *key,
@@ -168,12 +182,21 @@ impl Store {
             holder: lease.holder.clone(),
             expires_at: now + ttl,
             token: lease.token.clone(),
+            ttl,
         };
         let next = lease.generation + 1;
         if let Some(theirs) = self.claim(key, next, &rec).await? {
             return Ok(Renewal::Lost(theirs));
         }
-        let _ = self.backend.delete_if(&gen_path(key, lease.generation), &version).await;
+        // Our generation must still be the version we read: if it changed or went while we
+        // created the next one, the key was taken over meanwhile (and maybe released and
+        // acquired afresh, generations starting again at 1: ABA). Then ours is not a renewal.
+        if let Ok(false) = self.backend.delete_if(&gen_path(key, lease.generation), &version).await {
+            // A failed delete leaves a generation nobody renews: it expires.
+            let _ = self.backend.delete(&gen_path(key, next)).await;
+            let theirs = self.read_generation(key, lease.generation).await?.and_then(|(r, _)| r);
+            return Ok(Renewal::Lost(theirs));
+        }
         Ok(Renewal::Renewed(Lease {
             generation: next,
             expires_at: rec.expires_at,

@@ -138,6 +138,11 @@ pub struct LeaseRecord {
     /// later lease on the same key, even one with the same generation number.
     #[serde(default)]
     pub token: String,
+    /// The holder's lease TTL (µs; 0 in records written before it was kept): it renews
+    /// every third of it, so a waiter with a shorter TTL of its own knows how long a silence
+    /// still means a live holder.
+    #[serde(default)]
+    pub ttl: i64,
 }
 
 /// A lease this process holds. Renewing gives the next one ([`Renewal::Renewed`]).
