@@ -115,6 +115,23 @@ pub mod __private {
         weir_cache::canonical::digest(value)
     }
 
+    /// The key path of a task whose module is `module_path` and whose marker type the
+    /// compiler calls `marker` (see `TaskSpec::key_path`).
+    ///
+    /// A task at module level keeps `module_path` (so its keys never change); one nested in
+    /// a function gets `module_path@` plus its scope, which names the enclosing functions.
+    /// The scope is the compiler's `type_name`, whose format may change between compiler
+    /// versions: nested tasks' keys may then change once (a miss, never a wrong hit).
+    pub fn task_key_path(module_path: &str, marker: &str) -> String {
+        let scope = marker.strip_suffix("::__WeirTaskMarker").unwrap_or(marker);
+        // `type_name` writes `r#match` as `match`.
+        if scope == module_path || scope == module_path.replace("r#", "") {
+            module_path.to_string()
+        } else {
+            format!("{module_path}@{scope}")
+        }
+    }
+
     pub fn boxed<T, F>(f: F) -> BoxFuture<'static, anyhow::Result<T>>
     where
         F: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,

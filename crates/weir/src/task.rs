@@ -46,6 +46,10 @@ pub struct TaskSpec {
     pub name: &'static str,
     /// `crate::module::name`: part of every cache key, so two tasks never share one.
     pub path: &'static str,
+    /// The path its cache keys use: `path`, or for a task nested in a function body,
+    /// `path@` and the path through the enclosing functions (two same-named tasks in two
+    /// functions of one module share `path`).
+    pub key_path: fn() -> &'static str,
     /// BLAKE3 of the task's tokens (used by `inputs+source`).
     pub source_hash: &'static str,
     pub cache: CachePolicy,
