@@ -229,8 +229,11 @@ impl TaskOpts {
             "cache_version" => self.cache_version = Some(meta.value()?.parse()?),
             "serializer" => {
                 let lit: LitStr = meta.value()?.parse()?;
-                if !matches!(lit.value().as_str(), "json" | "msgpack") {
-                    return Err(syn::Error::new(lit.span(), "serializer is \"json\" or \"msgpack\""));
+                if !matches!(lit.value().as_str(), "json" | "msgpack" | "raw") {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "serializer is \"json\", \"msgpack\" or \"raw\" (byte buffers)",
+                    ));
                 }
                 self.serializer = Some((lit.value(), lit.span()));
             }
@@ -432,6 +435,7 @@ fn expand_task(opts: TaskOpts, func: ItemFn, source_hash: String) -> syn::Result
     let cache_version = opts.cache_version.as_ref().map(|l| l.value()).unwrap_or_default();
     let format = match opts.serializer.as_ref().map(|s| s.0.as_str()) {
         Some("msgpack") => quote!(::weir::Format::MsgPack),
+        Some("raw") => quote!(::weir::Format::Raw),
         _ => quote!(::weir::Format::Json),
     };
     let param_names: Vec<String> = args.iter().map(|a| a.ident.to_string()).collect();

@@ -1,6 +1,6 @@
 //! Cache keys as the `#[weir::task]` macro and the real compiler make them: source hashes
 //! that ignore documentation, same-named tasks in different functions, golden keys of
-//! whole tasks.
+//! whole tasks; and how byte-buffer results are stored.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -174,4 +174,74 @@ fn keys_of_whole_tasks_do_not_change() {
         key_of(golden_inputs(q(), vec![0.5, -0.0])).to_hex(),
         "80ef9c5efc4a6a590fd54e07dfa2ec58f3631bfaf244b987f19db35ca510b26a"
     );
+}
+
+// ---------- byte-buffer results ----------
+
+static NOISE_RUNS: AtomicU64 = AtomicU64::new(0);
+
+fn noise_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[weir::task(cache = "inputs")]
+fn noise(len: usize, seed: u64) -> anyhow::Result<Vec<u8>> {
+    NOISE_RUNS.fetch_add(1, Ordering::SeqCst);
+    Ok(noise_bytes(len, seed))
+}
+
+#[weir::task(cache = "inputs")]
+fn noise_bytes_crate(len: usize, seed: u64) -> anyhow::Result<bytes::Bytes> {
+    Ok(noise_bytes(len, seed).into())
+}
+
+#[weir::task(cache = "inputs")]
+fn noise_byte_buf(len: usize, seed: u64) -> anyhow::Result<serde_bytes::ByteBuf> {
+    Ok(serde_bytes::ByteBuf::from(noise_bytes(len, seed)))
+}
+
+/// The manifest the store holds for `key`.
+async fn stored(key: CacheKey) -> weir_cache::EntryMeta {
+    let url = configure().join("results").display().to_string();
+    let store = weir_cache::open(&url, &weir_cache::OpenOptions::default()).unwrap();
+    store.entry(&key).await.unwrap().expect("the result was published")
+}
+
+#[tokio::test]
+async fn byte_buffer_results_are_stored_as_the_bytes_themselves() {
+    configure();
+    let seed = std::process::id() as u64 ^ 0x5eed;
+    let len = 1 << 20;
+    let want = noise_bytes(len, seed);
+
+    let before = NOISE_RUNS.load(Ordering::SeqCst);
+    assert_eq!(noise(len, seed).await.unwrap(), want);
+    assert_eq!(noise(len, seed).await.unwrap(), want, "the hit gives the same bytes");
+    assert_eq!(
+        NOISE_RUNS.load(Ordering::SeqCst) - before,
+        1,
+        "the second call is a hit"
+    );
+    let meta = stored(key_of(noise(len, seed))).await;
+    assert_eq!(meta.serializer, "raw");
+    assert_eq!(meta.raw_size, len as u64, "stored as {} bytes", meta.raw_size);
+
+    let b = noise_bytes_crate(len, seed).await.unwrap();
+    assert_eq!(b, want);
+    assert_eq!(noise_bytes_crate(len, seed).await.unwrap(), want);
+    let meta = stored(key_of(noise_bytes_crate(len, seed))).await;
+    assert_eq!((meta.serializer.as_str(), meta.raw_size), ("raw", len as u64));
+
+    assert_eq!(noise_byte_buf(len, seed).await.unwrap().into_vec(), want);
+    assert_eq!(noise_byte_buf(len, seed).await.unwrap().into_vec(), want);
+    let meta = stored(key_of(noise_byte_buf(len, seed))).await;
+    assert_eq!((meta.serializer.as_str(), meta.raw_size), ("raw", len as u64));
 }
