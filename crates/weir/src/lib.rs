@@ -47,7 +47,8 @@
 //! | `cache_version = "2"` | bump by hand when something the key cannot see changed (a helper function) |
 //! | `cache_expiration = "1d"` | entries older than this are recomputed |
 //! | `refresh_cache = true` | always recompute and replace the entry (`WEIR_REFRESH_CACHE=1` does it for a whole run) |
-//! | `serializer = "msgpack"` | store results as MessagePack instead of JSON |
+//! | `serializer = "msgpack"` | store results as MessagePack instead of JSON (`serde_bytes` fields as `bin`) |
+//! | `serializer = "raw"` | store a result that serializes as one byte buffer as the bytes themselves (automatic for `Vec<u8>`, `bytes::Bytes`, `serde_bytes::ByteBuf`) |
 //! | `retries = 2`, `retry_delay = "500ms"` | retry failures and timeouts |
 //! | `backoff = "exponential"`, `jitter = 0.2` | double the delay each retry; spread it by ±20 % |
 //! | `timeout = "10s"` | a longer attempt is cancelled and counts as `TimedOut` |
