@@ -15,8 +15,8 @@ use crate::backend::Backend;
 use crate::folder::FolderBackend;
 use crate::key::CacheKey;
 use crate::store::{
-    EntryMeta, GcOptions, GcReport, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore, Store, StoreError,
-    StoreStats, manifest_path,
+    EntryMeta, GcOptions, GcReport, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, Renewal, ResultStore, Store,
+    StoreError, StoreStats, manifest_path,
 };
 
 /// Counters of one tiered store, for `weir cache stats` and tests.
@@ -194,12 +194,16 @@ impl ResultStore for Tiered {
         self.remote.try_lease(key, holder, ttl, now)
     }
 
-    fn renew<'a>(&'a self, lease: &'a Lease, ttl: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl: i64, now: i64) -> BoxFuture<'a, Result<Renewal, StoreError>> {
         self.remote.renew(lease, ttl, now)
     }
 
-    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.remote.release(lease)
+    }
+
+    fn atomic_leases(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.remote.atomic_leases()
     }
 
     fn put_file(
