@@ -138,7 +138,7 @@ macro_rules! refuse {
     };
 }
 
-impl<'a> ser::Serializer for &'a mut RawSink {
+impl ser::Serializer for &mut RawSink {
     type Ok = ();
     type Error = RawError;
     type SerializeSeq = Self;
