@@ -51,7 +51,7 @@ impl KeyMaterial {
 
     pub(crate) fn parts<'a>(&'a self, spec: &'a TaskSpec) -> KeyParts<'a> {
         KeyParts {
-            task_path: spec.path,
+            task_path: (spec.key_path)(),
             cache_version: spec.cache_version,
             source_hash: (spec.cache == CachePolicy::InputsAndSource).then_some(spec.source_hash),
             inputs: &self.inputs,

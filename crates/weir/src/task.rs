@@ -48,6 +48,10 @@ pub struct TaskSpec {
     pub name: &'static str,
     /// `crate::module::name`: part of every cache key, so two tasks never share one.
     pub path: &'static str,
+    /// The path its cache keys use: `path`, or for a task nested in a function body,
+    /// `path@` and the path through the enclosing functions (two same-named tasks in two
+    /// functions of one module share `path`).
+    pub key_path: fn() -> &'static str,
     /// BLAKE3 of the task's tokens (used by `inputs+source`).
     pub source_hash: &'static str,
     pub cache: CachePolicy,
@@ -750,7 +754,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         meta.source_hash = Some(spec.source_hash.to_string());
         let published = match (codec.from_file, (codec.as_file)(&value)) {
             (Some(_), Some(src)) => cache::publish_named_file(store.clone(), meta, src, *mode).await,
-            _ => match cache::encode_result(codec, &value, spec.format) {
+            _ => match cache::encode_result(codec, &value, spec.format.for_output::<T>()) {
                 Ok(encoded) => cache::publish_named(store.clone(), meta, encoded, *mode).await,
                 Err(e) => Err(format!("result cannot be serialized: {e}")),
             },
@@ -775,7 +779,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
     let value = match (&parts.codec, publish_plan, &engine.store) {
         (Some(codec), Some((key, mode)), Some(store)) => {
             let meta = entry_meta(spec, &scope, run.rec.id, key.to_hex(), codec);
-            let fut = cache::publish(store.clone(), codec, meta, value, spec.format, mode);
+            let fut = cache::publish(store.clone(), codec, meta, value, spec.format.for_output::<T>(), mode);
             SCOPE.scope(task_scope.clone(), fut).await
         }
         _ => value,
@@ -880,7 +884,13 @@ async fn lookup_named<T>(
 
 /// The manifest of a result this task run is about to publish: what it is and where it came
 /// from (flow, runs, code, a digest per input).
-fn entry_meta<T>(spec: &TaskSpec, scope: &Scope, task_run: TaskRunId, key: String, codec: &Codec<T>) -> EntryMeta {
+fn entry_meta<T: 'static>(
+    spec: &TaskSpec,
+    scope: &Scope,
+    task_run: TaskRunId,
+    key: String,
+    codec: &Codec<T>,
+) -> EntryMeta {
     let now = weir_types::time::now_micros();
     EntryMeta {
         format: weir_cache::store::MANIFEST_FORMAT,
@@ -889,7 +899,7 @@ fn entry_meta<T>(spec: &TaskSpec, scope: &Scope, task_run: TaskRunId, key: Strin
         flow: scope.flow.as_ref().map(|f| f.name.to_string()),
         flow_run_id: scope.flow.as_ref().map(|f| f.id.to_string()),
         task_run_id: task_run.to_string(),
-        serializer: spec.format.name().to_string(),
+        serializer: spec.format.for_output::<T>().name().to_string(),
         created_at: now,
         expires_at: spec.cache_expiration.map(|d| now.saturating_add(d.as_micros() as i64)),
         size: 0,
