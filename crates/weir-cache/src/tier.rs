@@ -274,7 +274,11 @@ impl Tiered {
                 // Missing, expired, unreadable or foreign: whatever this machine holds is not
                 // what the key holds. The remote's own lookup says which (and may find an
                 // entry published since).
-                if self.local_folder.local_path(&manifest_path(&key.to_hex())).is_some_and(|p| p.exists()) {
+                if self
+                    .local_folder
+                    .local_path(&manifest_path(&key.to_hex()))
+                    .is_some_and(|p| p.exists())
+                {
                     self.counters.stale.fetch_add(1, Ordering::Relaxed);
                     self.drop_local(key).await;
                 }
@@ -325,7 +329,6 @@ impl Tiered {
         Ok(found)
     }
 }
-
 
 impl ResultStore for Tiered {
     fn location(&self) -> String {

@@ -13,16 +13,23 @@ use weir_tests::s3::{moto_endpoint, set_credentials};
 async fn http(endpoint: &str, method: &str, path_query: &str) -> String {
     let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
     let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
-    let req = format!("{method} {path_query} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("{method} {path_query} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     conn.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     conn.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+        "{out}"
+    );
     out
 }
 
 async fn incomplete_uploads(endpoint: &str, bucket: &str) -> usize {
-    http(endpoint, "GET", &format!("/{bucket}?uploads")).await.matches("<Upload>").count()
+    http(endpoint, "GET", &format!("/{bucket}?uploads"))
+        .await
+        .matches("<Upload>")
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +76,10 @@ async fn a_multipart_upload_that_fails_part_way_is_aborted() {
         .set_len(1 << 20)
         .unwrap();
 
-    let err = upload.await.unwrap().expect_err("a file that changed mid-upload is not stored");
+    let err = upload
+        .await
+        .unwrap()
+        .expect_err("a file that changed mid-upload is not stored");
     assert!(err.to_string().contains("changed while it was uploaded"), "{err}");
     assert_eq!(
         incomplete_uploads(&endpoint, &bucket).await,

@@ -34,11 +34,7 @@ fn s3_store(server: &S3sServer, prefix: &str) -> Store {
 }
 
 fn machine(local: &Path, remote: &Arc<dyn ResultStore>, cap: u64) -> Tiered {
-    Tiered::new(
-        FolderBackend::open(local).unwrap().without_fsync(),
-        remote.clone(),
-        cap,
-    )
+    Tiered::new(FolderBackend::open(local).unwrap().without_fsync(), remote.clone(), cap)
 }
 
 async fn hit(store: &dyn ResultStore, k: &CacheKey, now: i64) -> Vec<u8> {
@@ -58,7 +54,11 @@ async fn another_machine_changes_what_a_key_holds(remote: Arc<dyn ResultStore>) 
 
     a.put(meta(&k), b"old".to_vec(), PutMode::IfAbsent).await.unwrap();
     assert_eq!(hit(&a, &k, 2_000).await, b"old");
-    assert_eq!(a.counters.local_hits.load(Ordering::Relaxed), 1, "A serves its own copy");
+    assert_eq!(
+        a.counters.local_hits.load(Ordering::Relaxed),
+        1,
+        "A serves its own copy"
+    );
 
     // B refreshes the key (WEIR_REFRESH_CACHE=1 there): A's next hit is B's value.
     assert_eq!(hit(&b, &k, 2_000).await, b"old");
@@ -116,7 +116,10 @@ async fn an_unreachable_remote_is_an_error_not_a_stale_hit() {
     assert_eq!(hit(&a, &k, 2_000).await, b"v");
     drop(server);
     let err = a.get(&k, 2_000).await.expect_err("the remote is down");
-    assert!(err.to_string().contains("s3://weir/gone"), "the error names the store: {err}");
+    assert!(
+        err.to_string().contains("s3://weir/gone"),
+        "the error names the store: {err}"
+    );
 }
 
 /// Downloaded file results live in the tier's `files/` and are evicted with the rest.
@@ -140,7 +143,11 @@ async fn downloaded_file_results_count_towards_the_cap_and_are_evicted() {
     for k in &keys {
         match a.get_file(k, 2_000, unused.path()).await.unwrap() {
             FileLookup::Hit { path, .. } => {
-                assert!(path.starts_with(dir.path()), "downloaded into the tier: {}", path.display());
+                assert!(
+                    path.starts_with(dir.path()),
+                    "downloaded into the tier: {}",
+                    path.display()
+                );
                 assert_eq!(std::fs::read(&path).unwrap().len(), 10_000);
             }
             other => panic!("expected a hit, got {other:?}"),
@@ -184,14 +191,20 @@ async fn a_folder_store_can_have_a_local_tier() {
     assert!(a.location().contains("local tier"), "{}", a.location());
     let other_machine = folder_store(shared.path());
     let k = key("tier-folder", 1);
-    other_machine.put(meta(&k), b"one".to_vec(), PutMode::IfAbsent).await.unwrap();
+    other_machine
+        .put(meta(&k), b"one".to_vec(), PutMode::IfAbsent)
+        .await
+        .unwrap();
     assert_eq!(hit(a.as_ref(), &k, 2_000).await, b"one");
     let local_store = folder_store(local.path());
     assert!(
         local_store.entry(&k).await.unwrap().is_some(),
         "the hit was kept in the local folder"
     );
-    other_machine.put(meta(&k), b"two".to_vec(), PutMode::Replace).await.unwrap();
+    other_machine
+        .put(meta(&k), b"two".to_vec(), PutMode::Replace)
+        .await
+        .unwrap();
     assert_eq!(hit(a.as_ref(), &k, 2_000).await, b"two");
 
     // The tier must not be the store's own folder.
