@@ -26,5 +26,5 @@ pub use key::{CacheKey, InputDigest, KeyParts};
 pub use location::{OpenOptions, open};
 pub use store::{
     Compression, EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord, Lookup, PutMode,
-    PutOutcome, ResultStore, Store, StoreError, StoreStats, validate_name,
+    PutOutcome, Renewal, ResultStore, Store, StoreError, StoreStats, named_lease_key, validate_name,
 };

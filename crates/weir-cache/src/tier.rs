@@ -27,8 +27,8 @@ use crate::backend::Backend;
 use crate::folder::FolderBackend;
 use crate::key::CacheKey;
 use crate::store::{
-    EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore, Store,
-    StoreError, StoreStats, blob_path, manifest_path,
+    EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, Renewal,
+    ResultStore, Store, StoreError, StoreStats, blob_path, manifest_path,
 };
 
 /// Downloaded file results, under the local folder.
@@ -406,12 +406,16 @@ impl ResultStore for Tiered {
         self.remote.try_lease(key, holder, ttl, now)
     }
 
-    fn renew<'a>(&'a self, lease: &'a Lease, ttl: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl: i64, now: i64) -> BoxFuture<'a, Result<Renewal, StoreError>> {
         self.remote.renew(lease, ttl, now)
     }
 
-    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.remote.release(lease)
+    }
+
+    fn atomic_leases(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.remote.atomic_leases()
     }
 
     fn put_file(

@@ -738,8 +738,11 @@ async fn msgpack_results_round_trip_through_the_cache() {
 
 #[weir::task(cache = "inputs")]
 async fn shared(x: u64) -> anyhow::Result<u64> {
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    Ok(x * 10)
+    bump(&format!("shared-{x}"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A different value every time the body runs: a caller that got its own result rather
+    // than the one stored shows.
+    Ok(unique())
 }
 
 #[weir::flow]
@@ -752,13 +755,24 @@ async fn concurrent_writers_of_one_key_all_return_one_result() {
     env();
     let x = unique() % 1_000_000 + 3_000_000;
     let out = racing_flow(x).await.unwrap();
-    assert_eq!(out, vec![x * 10; 16]);
+    assert_eq!(
+        count(&format!("shared-{x}")),
+        1,
+        "the body ran once for 16 concurrent calls"
+    );
+    assert_eq!(out, vec![out[0]; 16], "every caller got the one result");
     let store = store();
     let key = key_of(shared(x));
-    assert!(matches!(
-        store.get(&key, 0).await.unwrap(),
-        weir_cache::Lookup::Hit { .. }
-    ));
+    match store.get(&key, 0).await.unwrap() {
+        weir_cache::Lookup::Hit { bytes, .. } => {
+            assert_eq!(
+                serde_json::from_slice::<u64>(&bytes).unwrap(),
+                out[0],
+                "the stored result"
+            )
+        }
+        other => panic!("expected a hit, got {other:?}"),
+    }
     // (That no temp files are left behind is checked in weir-cache, where no other test
     // shares the folder.)
 }

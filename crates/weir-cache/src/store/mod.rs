@@ -36,8 +36,9 @@ use crate::backend::Backend;
 use crate::key::CacheKey;
 use named::NamedData;
 
-pub use layout::validate_name;
 pub(crate) use layout::{blob_path, manifest_path};
+pub use layout::{named_lease_key, validate_name};
+pub(crate) use lease::new_token;
 pub use types::*;
 
 /// A place to keep results. [`Store`] is the one implementation over a [`Backend`];
@@ -73,10 +74,14 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
         ttl_micros: i64,
         now: i64,
     ) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>>;
-    /// Extends a held lease.
-    fn renew<'a>(&'a self, lease: &'a Lease, ttl_micros: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Gives a lease up.
-    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Extends a held lease, if it is still ours: a holder that stalled past its expiry
+    /// may find it [`Renewal::Lost`] to another, and never touches theirs.
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl_micros: i64, now: i64) -> BoxFuture<'a, Result<Renewal, StoreError>>;
+    /// Gives a lease up, if it is still ours (`false`: someone else holds the key now).
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Whether leases are exclusive here: the backend's create-if-absent was measured
+    /// atomic (once per store). Where it is not, leases are best-effort.
+    fn atomic_leases(&self) -> BoxFuture<'_, Result<bool, StoreError>>;
     /// Stores the local file `src` as the result of `meta.key`, streaming it (bounded memory).
     fn put_file(
         &self,
@@ -201,12 +206,16 @@ impl ResultStore for Store {
         Box::pin(self.try_lease_impl(key, holder, ttl, now))
     }
 
-    fn renew<'a>(&'a self, lease: &'a Lease, ttl: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl: i64, now: i64) -> BoxFuture<'a, Result<Renewal, StoreError>> {
         Box::pin(self.renew_impl(lease, ttl, now))
     }
 
-    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(self.release_impl(lease))
+    }
+
+    fn atomic_leases(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.atomic_leases_impl())
     }
 
     fn put_named_file(
