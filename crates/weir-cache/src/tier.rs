@@ -27,8 +27,8 @@ use crate::backend::Backend;
 use crate::folder::FolderBackend;
 use crate::key::CacheKey;
 use crate::store::{
-    EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, Renewal,
-    ResultStore, Store, StoreError, StoreStats, blob_path, manifest_path,
+    EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, Renewal, ResultStore,
+    Store, StoreError, StoreStats, blob_path, manifest_path,
 };
 
 /// Downloaded file results, under the local folder.
