@@ -96,6 +96,50 @@ fn err(backend: &str, op: &'static str, path: &str, e: opendal::Error) -> Backen
     }
 }
 
+impl ObjectBackend {
+    /// Streams `src` through `writer` and completes the upload. The file must keep the size
+    /// it had when opened: the caller named the object after the file's hash, so a file
+    /// that shrank or grew meanwhile must not be stored under that name.
+    async fn upload(&self, writer: &mut opendal::Writer, path: &str, src: &Path) -> Result<(), BackendError> {
+        let io_err = |e: std::io::Error| BackendError {
+            backend: self.location.clone(),
+            op: "read",
+            path: src.display().to_string(),
+            message: e.to_string(),
+        };
+        let mut file = std::fs::File::open(src).map_err(io_err)?;
+        let expected = file.metadata().map_err(io_err)?.len();
+        let mut sent = 0u64;
+        loop {
+            let mut buf = vec![0u8; crate::stream::CHUNK];
+            let n = crate::stream::read_full(&mut file, &mut buf).map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            sent += n as u64;
+            if sent > expected {
+                break;
+            }
+            writer
+                .write(buf)
+                .await
+                .map_err(|e| err(&self.location, "write", path, e))?;
+        }
+        if sent != expected {
+            return Err(io_err(std::io::Error::other(format!(
+                "the file changed while it was uploaded ({expected} bytes when opened, {}{sent} read)",
+                if sent > expected { "at least " } else { "" }
+            ))));
+        }
+        writer
+            .close()
+            .await
+            .map_err(|e| err(&self.location, "write", path, e))?;
+        Ok(())
+    }
+}
+
 impl Backend for ObjectBackend {
     fn location(&self) -> String {
         self.location.clone()
@@ -151,12 +195,6 @@ impl Backend for ObjectBackend {
         mode: WriteMode,
     ) -> BoxFuture<'a, Result<Written, BackendError>> {
         Box::pin(async move {
-            let io_err = |e: std::io::Error| BackendError {
-                backend: self.location.clone(),
-                op: "read",
-                path: src.display().to_string(),
-                message: e.to_string(),
-            };
             if mode == WriteMode::IfAbsent {
                 match self.op.exists(path).await {
                     Ok(true) => return Ok(Written::Exists),
@@ -173,24 +211,20 @@ impl Backend for ObjectBackend {
                 .concurrent(2)
                 .await
                 .map_err(|e| err(&self.location, "write", path, e))?;
-            let mut file = std::fs::File::open(src).map_err(io_err)?;
-            loop {
-                let mut buf = vec![0u8; crate::stream::CHUNK];
-                let n = crate::stream::read_full(&mut file, &mut buf).map_err(io_err)?;
-                if n == 0 {
-                    break;
+            match self.upload(&mut writer, path, src).await {
+                Ok(()) => Ok(Written::Created),
+                Err(mut e) => {
+                    // Parts already sent stay in the bucket (and are billed) until the
+                    // upload is aborted or completed.
+                    if let Err(abort) = writer.abort().await {
+                        e.message = format!(
+                            "{}; the incomplete upload could not be aborted either ({abort}): a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes it",
+                            e.message
+                        );
+                    }
+                    Err(e)
                 }
-                buf.truncate(n);
-                writer
-                    .write(buf)
-                    .await
-                    .map_err(|e| err(&self.location, "write", path, e))?;
             }
-            writer
-                .close()
-                .await
-                .map_err(|e| err(&self.location, "write", path, e))?;
-            Ok(Written::Created)
         })
     }
 
