@@ -99,6 +99,16 @@ impl Backend for Probed {
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, BackendError>> {
         self.inner.list(prefix)
     }
+    fn read_versioned<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<(Vec<u8>, String)>, BackendError>> {
+        self.probe.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_versioned(path)
+    }
+    fn delete_if<'a>(&'a self, path: &'a str, version: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            self.fire("delete", path).await;
+            self.inner.delete_if(path, version).await
+        })
+    }
     fn write_file<'a>(
         &'a self,
         path: &'a str,

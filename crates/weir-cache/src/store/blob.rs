@@ -38,7 +38,7 @@ pub(super) fn describe_file(meta: &mut EntryMeta, src: &Path) -> Result<(), Stor
 }
 
 /// What a blob is written from.
-enum BlobData<'a> {
+pub(super) enum BlobData<'a> {
     Bytes(Vec<u8>),
     File(&'a Path),
 }
@@ -148,7 +148,7 @@ impl Store {
     /// published. Refresh first, then write: a blob is content-addressed, so writing it over
     /// itself (when it is missing, too old to refresh, or not ours to touch) is harmless,
     /// and the common case of a present blob costs no upload.
-    async fn store_blob(&self, path: &str, data: BlobData<'_>, mode: PutMode) -> Result<(), StoreError> {
+    pub(super) async fn store_blob(&self, path: &str, data: BlobData<'_>, mode: PutMode) -> Result<(), StoreError> {
         if mode == PutMode::IfAbsent && self.backend.refresh(path, BLOB_REFRESH_AGE_MICROS).await? {
             return Ok(());
         }
@@ -184,8 +184,21 @@ impl Store {
         };
         let bpath = blob_path(&meta.blob);
         let changed = |p: &Path| format!("blob {} does not match its checksum", p.display());
-        self.fetch_file(meta, &bpath, dest_dir, crate::stream::hash_file, changed)
-            .await
+        let found = self
+            .fetch_file(meta, &bpath, dest_dir, crate::stream::hash_file, changed)
+            .await?;
+        Ok(self.missing_is_corrupt(found, &bpath))
+    }
+
+    /// A manifest was found but its data was not: the entry must be replaced, which a
+    /// create-if-absent publish would never do (see [`Lookup::Corrupt`]).
+    pub(super) fn missing_is_corrupt(&self, found: FileLookup, data_path: &str) -> FileLookup {
+        match found {
+            FileLookup::Miss => FileLookup::Corrupt {
+                reason: format!("{data_path} in {} is missing", self.backend.location()),
+            },
+            other => other,
+        }
     }
 
     /// Makes the stored file `data_path` available on local disk, verified against
@@ -208,9 +221,9 @@ impl Store {
                 Err(e) => Err(StoreError::Config(format!("cannot read {}: {e}", p.display()))),
             }
         };
-        let missing = || FileLookup::Corrupt {
-            reason: format!("{data_path} in {} is missing", self.backend.location()),
-        };
+        // The data is gone: `Miss` here, which callers holding a manifest turn into
+        // `Corrupt` (see `missing_is_corrupt`).
+        let missing = || FileLookup::Miss;
         if let Some(local) = self.backend.local_path(data_path) {
             let links = dest_dir.join("links");
             std::fs::create_dir_all(&links).map_err(|e| io_error("create", &links, e))?;
