@@ -97,8 +97,12 @@ impl FolderBackend {
     /// directory, so the name is as durable as the data (the next file published — the
     /// manifest after its blob — can only ever be found with what it names).
     fn publish(&self, tmp: tempfile::NamedTempFile, dest: &Path, mode: WriteMode) -> Result<Written, BackendError> {
+        // Close before publishing: network filesystems (JuiceFS, NFS) hand a file's data to
+        // other clients on close, so a name published while the file is open can read as empty
+        // elsewhere when fsync is off.
+        let tmp = tmp.into_temp_path();
         match mode {
-            WriteMode::IfAbsent => match fs::hard_link(tmp.path(), dest) {
+            WriteMode::IfAbsent => match fs::hard_link(&tmp, dest) {
                 // The temp name is unlinked when `tmp` drops.
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Written::Exists),

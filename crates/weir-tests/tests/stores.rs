@@ -127,11 +127,10 @@ async fn juicefs_volume_mounted_twice() {
     store_suite::races(16, |w| durable_folder_store(&jfs.dirs[w % 2]));
 }
 
-/// Without fsync (`WEIR_CACHE_FSYNC=0`) the folder backend links the temp file into place
-/// while it is still open; JuiceFS (like NFS) commits a file's data only on close or fsync,
-/// so the other client reads the just-published manifest as empty.
+/// Without fsync (`WEIR_CACHE_FSYNC=0`) JuiceFS (like NFS) commits a file's data only on close:
+/// the folder backend must close its temp file before linking it into place, or the other
+/// client reads the just-published manifest (or lease) as empty.
 #[tokio::test]
-#[ignore = "fails until the folder backend closes (or flushes) temp files before link: with fsync off, another JuiceFS client reads published files (manifests, leases) empty, and several writers take an \"unreadable\" lease"]
 async fn juicefs_without_fsync_never_shows_another_client_an_empty_file() {
     let Some(jfs) = JuiceFs::folder("no-fsync") else { return };
     store_suite::races(16, |w| folder_store(&jfs.dirs[w % 2]));
