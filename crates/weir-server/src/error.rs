@@ -1,9 +1,12 @@
-//! API errors: `{"error": {"code", "message", "field"}}` with the right status.
+//! API errors: `{"error": {"code", "message", "field"}}` with the right status, and
+//! how database errors become them.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use crate::db::DbError;
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,16 @@ impl From<sqlx::Error> for ApiError {
                 ApiError::Unavailable(e.to_string())
             }
             _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> ApiError {
+        match e {
+            DbError::NotFound(m) => ApiError::NotFound(m),
+            DbError::Invalid { message, field } => ApiError::invalid(message, Some(field.to_string())),
+            DbError::Sqlx(e) => e.into(),
         }
     }
 }

@@ -4,9 +4,11 @@
 //! - [`db`]: the database, one set of queries for both engines;
 //! - [`api`]: the `/api/v1` handlers and the OpenAPI document generated from them;
 //! - [`error`] and [`json`]: JSON errors and strict, size-limited request bodies;
+//! - `auth`: the API key check;
 //! - [`serve`]: binds, applies the API key rule, and runs.
 
 pub mod api;
+mod auth;
 pub mod db;
 pub mod error;
 pub mod json;
@@ -14,9 +16,8 @@ pub mod json;
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
@@ -52,21 +53,6 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-async fn require_key(State(key): State<Option<String>>, req: Request, next: Next) -> Response {
-    if let Some(key) = key {
-        let given = req
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq::constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            return ApiError::Unauthorized.into_response();
-        }
-    }
-    next.run(req).await
-}
-
 /// The whole application: `/api/v1/…` and `/api/v1/openapi.json`.
 pub fn app(db: Db, api_key: Option<String>) -> Router {
     let state = api::AppState {
@@ -88,7 +74,7 @@ pub fn app(db: Db, api_key: Option<String>) -> Router {
             }),
         )
         .with_state(state)
-        .layer(middleware::from_fn_with_state(api_key, require_key))
+        .layer(middleware::from_fn_with_state(api_key, auth::require_key))
         // The handlers check the limit themselves (413 with a JSON body); this only stops
         // axum from buffering more than that.
         .layer(DefaultBodyLimit::max(json::BODY_LIMIT + 1));

@@ -1,0 +1,69 @@
+//! `/flow_runs/{id}/logs`: a flow run's log lines, in order, optionally waiting for more.
+
+use axum::Json;
+use axum::extract::{Path, Query, State as AxState};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use weir_types::{FlowRunId, LogRecord};
+
+use super::AppState;
+use super::params::id_param;
+use crate::error::{ApiError, ErrorBody};
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(flow_run_logs))
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct LogLine {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub record: LogRecord,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct LogPage {
+    pub items: Vec<LogLine>,
+    /// Pass as `after` to get the lines that follow.
+    pub last_seq: i64,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Lines after this sequence number (default: from the start).
+    pub after: Option<i64>,
+    pub limit: Option<usize>,
+    /// Wait up to this many seconds (max 60) for new lines when there are none yet.
+    pub follow: Option<u64>,
+}
+
+/// Log lines of a flow run and its task runs, in order; with `follow`, waits for new ones.
+#[utoipa::path(get, path = "/flow_runs/{id}/logs", params(("id" = String, Path), LogQuery),
+    responses((status = 200, body = LogPage), (status = 404, body = ErrorBody)))]
+async fn flow_run_logs(
+    AxState(app): AxState<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<LogPage>, ApiError> {
+    let id: FlowRunId = id_param(&id, "flow run")?;
+    app.db.flow_run(id).await?;
+    let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(1000);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(q.follow.unwrap_or(0).min(60));
+    loop {
+        // Subscribe before querying, so a line arriving in between still wakes us.
+        let notified = app.new_logs.notified();
+        let lines = app.db.logs(id, after, limit).await?;
+        if !lines.is_empty() || tokio::time::Instant::now() >= deadline {
+            let last_seq = lines.last().map(|(s, _)| *s).unwrap_or(after);
+            let items = lines.into_iter().map(|(seq, record)| LogLine { seq, record }).collect();
+            return Ok(Json(LogPage { items, last_seq }));
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            continue;
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The `task_runs` table (a task run's state history travels inside its row).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use weir_types::{CacheStatus, FlowRunId, State, StateEntry, TaskRunId, TaskRunRecord};
+
+use super::query::{Query, bad_row, cursor_of, opt, parse, parse_cursor};
+use super::{Applied, Db, DbError, FINAL};
+
+const TASK_COLS: &str = "id, flow_run_id, task_name, task_path, state, attempt, cache_status, cache_key, \
+     created_at, started_at, ended_at, error, history";
+
+fn task_run(row: &AnyRow) -> Result<TaskRunRecord, sqlx::Error> {
+    let history: String = row.try_get("history")?;
+    Ok(TaskRunRecord {
+        id: parse(row.try_get("id")?)?,
+        flow_run_id: opt(row.try_get("flow_run_id")?)?,
+        task_name: row.try_get("task_name")?,
+        task_path: row.try_get("task_path")?,
+        state: parse(row.try_get("state")?)?,
+        attempt: row.try_get::<i64, _>("attempt")? as u32,
+        cache_status: CacheStatus::parse(&row.try_get::<String, _>("cache_status")?),
+        cache_key: row.try_get("cache_key")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        error: row.try_get("error")?,
+        history: serde_json::from_str::<Vec<StateEntry>>(&history).map_err(bad_row)?,
+    })
+}
+
+impl Db {
+    /// Proposes a task run snapshot, with the same rule as flow runs.
+    pub async fn apply_task_run(&self, r: &TaskRunRecord) -> Result<Applied, DbError> {
+        let sql = format!(
+            "INSERT INTO task_runs ({TASK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
+                 cache_status = excluded.cache_status, cache_key = excluded.cache_key,
+                 started_at = excluded.started_at, ended_at = excluded.ended_at, error = excluded.error,
+                 history = excluded.history
+             WHERE task_runs.state NOT IN {FINAL} OR task_runs.state = excluded.state"
+        );
+        let history = serde_json::to_string(&r.history).map_err(bad_row)?;
+        let res = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(r.id.to_string())
+            .bind(r.flow_run_id.map(|i| i.to_string()))
+            .bind(r.task_name.clone())
+            .bind(r.task_path.clone())
+            .bind(r.state.as_str())
+            .bind(r.attempt as i64)
+            .bind(r.cache_status.as_str())
+            .bind(r.cache_key.clone())
+            .bind(r.created_at)
+            .bind(r.started_at)
+            .bind(r.ended_at)
+            .bind(r.error.clone())
+            .bind(history)
+            .execute(&self.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            let current: String = sqlx::query("SELECT state FROM task_runs WHERE id = $1")
+                .bind(r.id.to_string())
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?;
+            return Ok(Applied::Rejected {
+                current: parse(current)?,
+            });
+        }
+        Ok(Applied::Accepted)
+    }
+
+    pub async fn list_task_runs(
+        &self,
+        flow_run: Option<FlowRunId>,
+        state: Option<State>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<TaskRunRecord>, Option<String>), DbError> {
+        let mut q = Query::new();
+        if let Some(f) = flow_run {
+            q.text(|n| format!("flow_run_id = ${n}"), f.to_string());
+        }
+        if let Some(s) = state {
+            q.text(|n| format!("state = ${n}"), s.as_str().to_string());
+        }
+        if let Some(c) = &cursor {
+            q.cursor(parse_cursor(c)?);
+        }
+        let limit = limit.clamp(1, 1000);
+        let sql = format!(
+            "SELECT {TASK_COLS} FROM task_runs {} ORDER BY created_at DESC, id DESC LIMIT {}",
+            q.where_clause(),
+            limit + 1
+        );
+        let rows = q.fetch(&self.pool, sql).await?;
+        let mut runs = rows.iter().map(task_run).collect::<Result<Vec<_>, _>>()?;
+        let next = if runs.len() > limit {
+            runs.truncate(limit);
+            runs.last().map(|r| cursor_of(r.created_at, &r.id.to_string()))
+        } else {
+            None
+        };
+        Ok((runs, next))
+    }
+
+    pub async fn task_run(&self, id: TaskRunId) -> Result<TaskRunRecord, DbError> {
+        let sql = format!("SELECT {TASK_COLS} FROM task_runs WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| DbError::NotFound(format!("no task run {id}")))?;
+        Ok(task_run(&row)?)
+    }
+}
