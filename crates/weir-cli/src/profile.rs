@@ -61,6 +61,17 @@ pub fn run_profile(cmd: ProfileCommand) -> anyhow::Result<()> {
             activate,
         } => {
             check_name(&name)?;
+            for (flag, v) in [
+                ("--api-url", &api_url),
+                ("--api-key", &api_key),
+                ("--results", &results),
+                ("--local-cache", &local_cache),
+                ("--database-url", &database_url),
+            ] {
+                if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                    anyhow::bail!("{flag} is empty: give a value, or leave the flag out");
+                }
+            }
             if profiles.profiles.contains_key(&name) {
                 return Err(ProfileError::Exists(name).into());
             }

@@ -53,9 +53,9 @@ enum Source {
 impl Source {
     fn open() -> anyhow::Result<Source> {
         let home = Paths::from_env().home;
-        match weir_types::profile::lookup(&home, "api_url") {
+        match weir_types::profile::try_lookup(&home, "api_url")? {
             Some((url, _)) => {
-                let key = weir_types::profile::lookup(&home, "api_key").map(|(k, _)| k);
+                let key = weir_types::profile::try_lookup(&home, "api_key")?.map(|(k, _)| k);
                 let client = weir_client::Client::new(&url, key)?;
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 Ok(Source::Remote(client, rt))

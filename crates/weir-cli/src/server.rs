@@ -25,7 +25,9 @@ pub enum ServerCommand {
 pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
     let ServerCommand::Start { host, port, insecure } = cmd;
     let paths = Paths::from_env();
-    let database_url = match weir_types::profile::lookup(&paths.home, "database_url") {
+    // Strict: a broken profiles file, an unknown profile or an empty key stops the start,
+    // never lets the server come up without the key the user meant to give it.
+    let database_url = match weir_types::profile::try_lookup(&paths.home, "database_url")? {
         Some((url, _)) => url,
         None => {
             std::fs::create_dir_all(&paths.home).with_context(|| format!("creating {}", paths.home.display()))?;
@@ -34,7 +36,7 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
     };
     let cfg = weir_server::ServerConfig {
         database_url: database_url.clone(),
-        api_key: weir_types::profile::lookup(&paths.home, "api_key").map(|(k, _)| k),
+        api_key: weir_types::profile::try_lookup(&paths.home, "api_key")?.map(|(k, _)| k),
     };
     let shown_db = redact(&database_url);
     let rt = tokio::runtime::Runtime::new()?;

@@ -47,6 +47,8 @@ pub enum StartError {
         "refusing to listen on {0} without an API key: set WEIR_API_KEY, or pass --insecure if this network is trusted"
     )]
     Insecure(SocketAddr),
+    #[error("the API key is empty: give a real key, or none (on loopback only)")]
+    EmptyKey,
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -91,6 +93,9 @@ pub async fn serve(
     insecure: bool,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
+    if cfg.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        return Err(StartError::EmptyKey);
+    }
     if !addr.ip().is_loopback() && cfg.api_key.is_none() && !insecure {
         return Err(StartError::Insecure(addr));
     }

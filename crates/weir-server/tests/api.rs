@@ -427,3 +427,30 @@ async fn postgres_going_away_gives_503_and_the_server_recovers_by_itself() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_key_opens_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = weir_server::ServerConfig {
+        database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
+        api_key: Some(String::new()),
+    };
+    let served = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        weir_server::serve(cfg, "0.0.0.0:0".parse().unwrap(), false, |_| {}),
+    )
+    .await
+    .expect("serve should refuse at once, not run");
+    let err = served.unwrap_err();
+    assert!(err.to_string().contains("API key is empty"), "{err}");
+    // An app built with an empty key anyway fails closed.
+    let base = start(&format!("sqlite://{}", dir.path().join("s.db").display()), Some("")).await;
+    let c = reqwest::Client::new();
+    for auth in [None, Some("Bearer "), Some("Bearer x")] {
+        let mut r = c.get(format!("{base}/flows"));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        assert_eq!(r.send().await.unwrap().status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+    }
+}

@@ -77,6 +77,8 @@ pub enum ProfileError {
     Exists(String),
     #[error("'{0}' is not a profile name (letters, digits, '-' and '_')")]
     BadName(String),
+    #[error("the API key from {0} is empty: give a real key, or remove the setting to run without one")]
+    EmptyKey(Source),
 }
 
 impl Profiles {
@@ -174,7 +176,10 @@ impl fmt::Display for Source {
 }
 
 /// A profile setting (`api_url`, `results`, …): the environment first, then the active
-/// profile. `None` means the default applies.
+/// profile. `None` means the default applies. Lenient: an unreadable profiles file or an
+/// unknown active profile contributes nothing (flows keep running; `weir config show`
+/// reports the problem). Commands that must not start with a wrong setting — the server
+/// without its key — use [`try_lookup`].
 pub fn lookup(home: &Path, key: &str) -> Option<(String, Source)> {
     let env = KEYS.iter().find(|(k, _)| *k == key).map(|(_, e)| *e)?;
     if let Ok(v) = std::env::var(env)
@@ -182,11 +187,32 @@ pub fn lookup(home: &Path, key: &str) -> Option<(String, Source)> {
     {
         return Some((v, Source::Env(env)));
     }
-    // An unreadable profiles file or an unknown active profile is reported by
-    // `weir config show` and `weir profile`; here it simply contributes nothing.
     let profiles = Profiles::load(home).ok()?;
     let (name, p) = profiles.active_profile().ok()??;
     p.get(key).map(|v| (v.to_string(), Source::Profile(name)))
+}
+
+/// [`lookup`], strict: a malformed profiles file, an unknown `WEIR_PROFILE` or active
+/// profile, and an empty API key (from the environment or a profile) are errors that say
+/// where they came from. An empty variable other than `WEIR_API_KEY` means unset.
+pub fn try_lookup(home: &Path, key: &str) -> Result<Option<(String, Source)>, ProfileError> {
+    let Some(env) = KEYS.iter().find(|(k, _)| *k == key).map(|(_, e)| *e) else {
+        return Ok(None);
+    };
+    // Always read the file: a broken one is reported even when the environment decides.
+    let profiles = Profiles::load(home)?;
+    let active = profiles.active_profile()?;
+    let found = match std::env::var(env) {
+        Ok(v) if !v.trim().is_empty() || key == "api_key" => Some((v, Source::Env(env))),
+        _ => active.and_then(|(name, p)| p.get(key).map(|v| (v.to_string(), Source::Profile(name)))),
+    };
+    if key == "api_key"
+        && let Some((v, source)) = &found
+        && v.trim().is_empty()
+    {
+        return Err(ProfileError::EmptyKey(source.clone()));
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
