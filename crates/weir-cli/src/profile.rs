@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use clap::Subcommand;
-use weir_types::config::{Paths, ResultsConfig};
+use weir_types::config::{Paths, ResultsConfig, redact_url};
 use weir_types::profile::{KEYS, Profile, ProfileError, Profiles, Source, check_name, lookup};
 
 use crate::runs::table;
@@ -200,10 +200,10 @@ pub fn run_config(cmd: ConfigCommand) -> anyhow::Result<()> {
                 (default, Source::Default)
             }
         };
-        let shown = if *key == "api_key" && !matches!(source, Source::Default) {
-            "********".to_string()
-        } else {
-            value
+        let shown = match *key {
+            "api_key" if !matches!(source, Source::Default) => "********".to_string(),
+            "database_url" | "api_url" | "results" => redact_url(&value),
+            _ => value,
         };
         rows.push((key.to_string(), shown, source.to_string()));
     }

@@ -77,6 +77,31 @@ struct LogPage {
     items: Vec<LogRecord>,
 }
 
+/// True when `url` is plain HTTP to a host other than this machine: a key sent there
+/// crosses the network readable by anyone on the path.
+pub fn key_in_clear(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else { return false };
+    if u.scheme() != "http" {
+        return false;
+    }
+    let host = u.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => !host.is_empty() && !host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Once per process: every client of that server would say the same.
+fn warn_key_in_clear(base: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "sending the API key over plain HTTP to {base}: anyone on the network path can read it; \
+             serve TLS (`weir server start --tls-cert … --tls-key …`) and use an https:// URL"
+        );
+    }
+}
+
 /// A connection to one server.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -105,11 +130,11 @@ impl Client {
                 url: base.clone(),
                 source,
             })?;
-        Ok(Client {
-            http,
-            base,
-            key: api_key.filter(|k| !k.is_empty()),
-        })
+        let key = api_key.filter(|k| !k.is_empty());
+        if key.is_some() && key_in_clear(&base) {
+            warn_key_in_clear(&base);
+        }
+        Ok(Client { http, base, key })
     }
 
     pub fn base_url(&self) -> &str {
@@ -207,5 +232,20 @@ impl Client {
         let url = format!("{}/flow_runs/{flow_run}/logs", self.base);
         let page: LogPage = self.send(self.http.get(&url).query(&[("limit", "5000")]), &url).await?;
         Ok(page.items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_in_clear;
+
+    #[test]
+    fn a_key_is_in_clear_only_over_plain_http_to_another_host() {
+        assert!(key_in_clear("http://10.0.0.5:4200/api/v1"));
+        assert!(key_in_clear("http://weir.example.com/api/v1"));
+        assert!(!key_in_clear("https://weir.example.com/api/v1"));
+        assert!(!key_in_clear("http://127.0.0.1:4200/api/v1"));
+        assert!(!key_in_clear("http://[::1]:4200/api/v1"));
+        assert!(!key_in_clear("http://localhost:4200/api/v1"));
     }
 }

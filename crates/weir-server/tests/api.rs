@@ -375,6 +375,7 @@ async fn refuses_a_public_address_without_a_key() {
     let cfg = weir_server::ServerConfig {
         database_url: "sqlite::memory:".into(),
         api_key: None,
+        tls: None,
     };
     let err = weir_server::serve(cfg, "0.0.0.0:0".parse().unwrap(), false, |_| {})
         .await
@@ -434,6 +435,7 @@ async fn an_empty_key_opens_nothing() {
     let cfg = weir_server::ServerConfig {
         database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
         api_key: Some(String::new()),
+        tls: None,
     };
     let served = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -453,4 +455,100 @@ async fn an_empty_key_opens_nothing() {
         }
         assert_eq!(r.send().await.unwrap().status(), StatusCode::UNAUTHORIZED, "{auth:?}");
     }
+}
+
+/// A database failure reaches the client as a generic message with an error id; the
+/// database's own text (table names, SQL) does not.
+async fn database_errors_are_not_sent(url: &str) {
+    let db = weir_server::Db::connect(url).await.unwrap();
+    let app = weir_server::app(db.clone(), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    sqlx::query("DROP TABLE variables").execute(&db.pool).await.unwrap();
+    let c = reqwest::Client::new();
+    let (s, e) = get(&c, format!("{base}/variables")).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{e}");
+    assert_eq!(e["error"]["code"], "internal");
+    let id = e["error"]["error_id"].as_str().expect("an error id");
+    assert!(id.len() >= 8, "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains(id), "{e}");
+    for leak in ["variables", "table", "relation", "SELECT", "sqlx", "database error"] {
+        assert!(!message.contains(leak), "'{leak}' leaked: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_are_not_sent_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    database_errors_are_not_sent(&format!("sqlite://{}", dir.path().join("s.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_are_not_sent_on_postgres() {
+    let Some(pg) = Pg::start() else { return };
+    database_errors_are_not_sent(&pg.url()).await;
+}
+
+/// `serve` with a certificate speaks HTTPS to a client that trusts it, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_tls_when_given_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let cfg = weir_server::ServerConfig {
+        database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
+        api_key: Some("k3y".into()),
+        tls: Some(weir_server::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(weir_server::serve_until(
+        cfg,
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        move |addr| tx.send(addr).unwrap(),
+        std::future::pending(),
+    ));
+    let addr = rx.await.unwrap();
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = trusting
+        .get(format!("https://127.0.0.1:{}/api/v1/flows", addr.port()))
+        .bearer_auth("k3y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Plain HTTP gets no answer, and a client that does not trust the certificate refuses.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/api/v1/flows", addr.port()))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    let untrusting = reqwest::Client::new()
+        .get(format!("https://127.0.0.1:{}/api/v1/flows", addr.port()))
+        .send()
+        .await;
+    assert!(untrusting.is_err(), "{untrusting:?}");
+
+    // A key file that is not a key is a clear start error.
+    std::fs::write(&key, "not a key").unwrap();
+    let cfg = weir_server::ServerConfig {
+        database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
+        api_key: None,
+        tls: Some(weir_server::TlsFiles { cert, key }),
+    };
+    let err = weir_server::serve(cfg, "127.0.0.1:0".parse().unwrap(), false, |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot use the TLS certificate"), "{err}");
 }

@@ -103,8 +103,11 @@ impl Profiles {
         }
     }
 
-    /// Writes the file atomically (temp file, then rename).
+    /// Writes the file atomically (temp file, then rename), readable by its owner only: it
+    /// holds API keys and database passwords. The temp file is created with mode 0600, so
+    /// the keys are never readable by others, not even for a moment.
     pub fn save(&self, home: &Path) -> Result<(), ProfileError> {
+        use std::io::Write;
         let path = Self::path(home);
         let werr = |e: &dyn fmt::Display| ProfileError::Write {
             path: path.clone(),
@@ -113,7 +116,19 @@ impl Profiles {
         std::fs::create_dir_all(home).map_err(|e| werr(&e))?;
         let text = toml::to_string_pretty(self).map_err(|e| werr(&e))?;
         let tmp = home.join(".profiles.toml.tmp");
-        std::fs::write(&tmp, text).map_err(|e| werr(&e))?;
+        // A leftover temp file would keep its old mode through `create`: start afresh.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(werr(&e)),
+            _ => {}
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp).map_err(|e| werr(&e))?;
+        f.write_all(text.as_bytes()).map_err(|e| werr(&e))?;
+        f.sync_all().map_err(|e| werr(&e))?;
+        drop(f);
         std::fs::rename(&tmp, &path).map_err(|e| werr(&e))
     }
 

@@ -62,8 +62,16 @@ async fn flow_run_logs(
             let items = lines.into_iter().map(|(seq, record)| LogLine { seq, record }).collect();
             return Ok(Json(LogPage { items, last_seq }));
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            continue;
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = notified => {}
+            // A stopping server answers what it has now rather than holding the drain open.
+            _ = app.stopping.wait() => {
+                let items = app.db.logs(id, after, limit).await?;
+                let last_seq = items.last().map(|(s, _)| *s).unwrap_or(after);
+                let items = items.into_iter().map(|(seq, record)| LogLine { seq, record }).collect();
+                return Ok(Json(LogPage { items, last_seq }));
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod task_runs;
 pub mod variables;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 use utoipa_axum::router::OpenApiRouter;
@@ -34,6 +35,42 @@ pub struct AppState {
     pub db: Db,
     /// Woken when log lines arrive, for `follow`.
     pub new_logs: Arc<Notify>,
+    /// Set when the server stops, so log followers answer at once instead of holding the
+    /// drain open.
+    pub stopping: Arc<Stopping>,
+}
+
+impl AppState {
+    pub fn new(db: Db) -> AppState {
+        AppState {
+            db,
+            new_logs: Default::default(),
+            stopping: Default::default(),
+        }
+    }
+}
+
+/// A one-way "the server is stopping" flag that can be awaited.
+#[derive(Default)]
+pub struct Stopping {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Stopping {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Completes once [`Stopping::stop`] was called (before or after this call).
+    pub async fn wait(&self) {
+        let notified = self.notify.notified();
+        if self.flag.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
 }
 
 /// The API's routes and its OpenAPI description, built from the same handlers.
