@@ -552,3 +552,154 @@ async fn serves_tls_when_given_a_certificate() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot use the TLS certificate"), "{err}");
 }
+
+fn codes(r: &Value) -> Vec<(u64, String)> {
+    r["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["index"].as_u64().unwrap(), x["code"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// A run only moves forward; a final state is kept, its error and end time too; states
+/// and log lines of unknown runs are refused like snapshots.
+async fn orchestration(base: &str) {
+    let c = reqwest::Client::new();
+    let f = FlowRunId::new();
+    let mut failed = flow(f, "rules", "Failed", 10, &[]);
+    failed["error"] = json!("boom");
+    failed["ended_at"] = json!(100);
+    let (s, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [
+            {"kind": "flow_run", "record": flow(f, "rules", "Running", 10, &[])},
+            {"kind": "flow_run", "record": failed.clone()},
+        ]}),
+    )
+    .await;
+    assert_eq!((s, codes(&r)), (StatusCode::OK, vec![]), "{r}");
+
+    // The same final state again, with another error and end time: a true no-op.
+    let mut again = failed.clone();
+    again["error"] = json!("a different story");
+    again["ended_at"] = json!(200);
+    let state_again = json!({"kind": "state", "record": {"flow_run_id": f, "task_run_id": null, "state": "Failed", "at": 300, "message": "x"}});
+    let (_, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [{"kind": "flow_run", "record": again}, state_again]}),
+    )
+    .await;
+    assert_eq!((r["accepted"].as_u64(), codes(&r)), (Some(2), vec![]), "{r}");
+    let (s, _) = post(
+        &c,
+        format!("{base}/flow_runs/{f}/state"),
+        json!({"state": "Failed", "message": "by hand"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, run) = get(&c, format!("{base}/flow_runs/{f}")).await;
+    assert_eq!(
+        (run["error"].as_str(), run["ended_at"].as_i64()),
+        (Some("boom"), Some(100)),
+        "{run}"
+    );
+    let (_, states) = get(&c, format!("{base}/flow_runs/{f}/states")).await;
+    let failed_rows = states
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "Failed")
+        .count();
+    assert_eq!(failed_rows, 1, "{states}");
+
+    // A state contradicting the final one, and states and lines of unknown runs: refused.
+    let ghost = FlowRunId::new();
+    let (_, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [
+            {"kind": "state", "record": {"flow_run_id": f, "task_run_id": null, "state": "Running", "at": 400, "message": null}},
+            {"kind": "state", "record": {"flow_run_id": ghost, "task_run_id": null, "state": "Running", "at": 1, "message": null}},
+            {"kind": "log", "record": {"flow_run_id": ghost, "task_run_id": null, "at": 1, "level": "INFO", "target": "app", "message": "hi"}},
+            {"kind": "log", "record": {"flow_run_id": f, "task_run_id": null, "at": 2, "level": "INFO", "target": "app", "message": "kept"}},
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        codes(&r),
+        vec![(0, "conflict".into()), (1, "not_found".into()), (2, "not_found".into())],
+        "{r}"
+    );
+    let (_, states) = get(&c, format!("{base}/flow_runs/{f}/states")).await;
+    assert!(
+        states
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] != "Running" || s["at"] != 400),
+        "{states}"
+    );
+    let (s, _) = get(&c, format!("{base}/flow_runs/{ghost}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing was made up for the unknown run");
+    let (_, logs) = get(&c, format!("{base}/flow_runs/{f}/logs")).await;
+    assert_eq!(logs["items"][0]["message"], "kept");
+
+    // A late non-final snapshot never moves a run backwards.
+    let g = FlowRunId::new();
+    let t = TaskRunId::new();
+    let mut retrying = task(t, g, "Retrying");
+    retrying["attempt"] = json!(1);
+    let mut late_running = task(t, g, "Running");
+    late_running["attempt"] = json!(1);
+    let mut second = task(t, g, "Running");
+    second["attempt"] = json!(2);
+    let (_, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [
+            {"kind": "flow_run", "record": flow(g, "rules", "Running", 20, &[])},
+            {"kind": "task_run", "record": retrying},
+            {"kind": "flow_run", "record": flow(g, "rules", "Pending", 20, &[])},
+            {"kind": "task_run", "record": late_running},
+        ]}),
+    )
+    .await;
+    assert_eq!(codes(&r), vec![(2, "stale".into()), (3, "stale".into())], "{r}");
+    let (_, run) = get(&c, format!("{base}/flow_runs/{g}")).await;
+    assert_eq!(run["state"], "Running");
+    let (_, tr) = get(&c, format!("{base}/task_runs/{t}")).await;
+    assert_eq!(tr["state"], "Retrying");
+    // The same in a later request, and the next attempt does move it on.
+    let (_, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [
+            {"kind": "flow_run", "record": flow(g, "rules", "Pending", 20, &[])},
+            {"kind": "task_run", "record": second},
+        ]}),
+    )
+    .await;
+    assert_eq!(codes(&r), vec![(0, "stale".into())], "{r}");
+    let (_, tr) = get(&c, format!("{base}/task_runs/{t}")).await;
+    assert_eq!(
+        (tr["state"].as_str(), tr["attempt"].as_u64()),
+        (Some("Running"), Some(2))
+    );
+    let (s, e) = post(&c, format!("{base}/flow_runs/{g}/state"), json!({"state": "Pending"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestration_rules_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    orchestration(&start(&format!("sqlite://{}", dir.path().join("s.db").display()), None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestration_rules_on_postgres() {
+    let Some(pg) = Pg::start() else { return };
+    orchestration(&start(&pg.url(), None).await).await;
+}

@@ -10,7 +10,6 @@ use weir_types::Event;
 
 use super::AppState;
 use super::params::check_text;
-use crate::db::Applied;
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiJson;
 
@@ -35,7 +34,8 @@ pub struct Rejection {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct BatchResult {
     pub accepted: usize,
-    /// Proposals the orchestration rules refused (e.g. a Completed run cannot run again).
+    /// Events the orchestration rules refused: `conflict` (a final state cannot change),
+    /// `stale` (older than what is stored), `not_found` (a state or log line of an unknown run).
     pub rejected: Vec<Rejection>,
 }
 
@@ -79,8 +79,9 @@ pub(super) fn validate(e: &Event, i: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Records a batch of events. Each run snapshot is a state proposal the server accepts or
-/// rejects; retrying a batch after a lost response changes nothing.
+/// Records a batch of events in one transaction. Each run snapshot is a state proposal the
+/// server accepts or rejects (a run only moves forward; a final state stays); retrying a
+/// batch after a lost response changes nothing.
 #[utoipa::path(post, path = "/events", request_body = EventBatch,
     responses((status = 200, body = BatchResult), (status = 422, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn post_events(
@@ -90,36 +91,20 @@ async fn post_events(
     for (i, e) in batch.events.iter().enumerate() {
         validate(e, i)?;
     }
-    let mut result = BatchResult {
-        accepted: 0,
-        rejected: Vec::new(),
-    };
-    let mut logs = false;
-    for (index, e) in batch.events.iter().enumerate() {
-        let applied = match e {
-            Event::FlowRun(r) => app.db.apply_flow_run(r).await?,
-            Event::TaskRun(r) => app.db.apply_task_run(r).await?,
-            Event::State(s) => {
-                app.db.insert_state(s).await?;
-                Applied::Accepted
-            }
-            Event::Log(l) => {
-                app.db.insert_log(l).await?;
-                logs = true;
-                Applied::Accepted
-            }
-        };
-        match applied {
-            Applied::Accepted => result.accepted += 1,
-            Applied::Rejected { current } => result.rejected.push(Rejection {
-                index,
-                code: "conflict".into(),
-                message: format!("the run is {current}, a final state; it cannot change"),
-            }),
-        }
-    }
-    if logs {
+    let refused = app.db.apply_events(&batch.events).await?;
+    if batch.events.iter().any(|e| matches!(e, Event::Log(_))) {
         app.new_logs.notify_waiters();
     }
+    let result = BatchResult {
+        accepted: batch.events.len() - refused.len(),
+        rejected: refused
+            .into_iter()
+            .map(|r| Rejection {
+                index: r.index,
+                code: r.code.to_string(),
+                message: r.message,
+            })
+            .collect(),
+    };
     Ok(Json(result))
 }

@@ -11,7 +11,7 @@ use weir_types::{Event, FlowRunId, FlowRunRecord, State, StateRecord};
 use super::AppState;
 use super::events::validate;
 use super::params::{check_text, id_param, state_param};
-use crate::db::{Applied, FlowRunFilter};
+use crate::db::FlowRunFilter;
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiJson;
 
@@ -85,14 +85,10 @@ async fn post_flow_run(
     AxState(app): AxState<AppState>,
     ApiJson(r): ApiJson<FlowRunRecord>,
 ) -> Result<Json<FlowRunRecord>, ApiError> {
-    validate(&Event::FlowRun(r.clone()), 0)?;
-    match app.db.apply_flow_run(&r).await? {
-        Applied::Accepted => Ok(Json(app.db.flow_run(r.id).await?)),
-        Applied::Rejected { current } => Err(ApiError::Conflict(format!(
-            "flow run {} is {current}, a final state; it cannot become {}",
-            r.id, r.state
-        ))),
-    }
+    let id = r.id;
+    let event = Event::FlowRun(r);
+    validate(&event, 0)?;
+    propose(&app, id, event).await
 }
 
 /// One flow run.
@@ -106,7 +102,8 @@ async fn get_flow_run(
 }
 
 /// Proposes a new state for a flow run: 409 if the rules refuse it (a Completed run cannot
-/// run again; a Cancelled one stays cancelled). Proposing the state it already has is a no-op.
+/// run again; a Cancelled one stays cancelled; a Running one cannot become Pending).
+/// Proposing the final state it already has is a no-op that changes nothing.
 #[utoipa::path(post, path = "/flow_runs/{id}/state", params(("id" = String, Path)), request_body = StateProposal,
     responses((status = 200, body = FlowRunRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn set_flow_run_state(
@@ -128,13 +125,15 @@ async fn set_flow_run_state(
         run.ended_at = Some(now);
         run.error = p.message.clone();
     }
-    match app.db.apply_flow_run(&run).await? {
-        Applied::Accepted => Ok(Json(app.db.flow_run(id).await?)),
-        Applied::Rejected { current } => Err(ApiError::Conflict(format!(
-            "flow run {id} is {current}, a final state; it cannot become {}",
-            p.state
-        ))),
+    propose(&app, id, Event::FlowRun(run)).await
+}
+
+/// Applies one snapshot by the batch rules: 409 with the rule's reason if refused.
+async fn propose(app: &AppState, id: FlowRunId, event: Event) -> Result<Json<FlowRunRecord>, ApiError> {
+    if let Some(r) = app.db.apply_events(std::slice::from_ref(&event)).await?.pop() {
+        return Err(ApiError::Conflict(format!("flow run {id}: {}", r.message)));
     }
+    Ok(Json(app.db.flow_run(id).await?))
 }
 
 /// The state history of a flow run.

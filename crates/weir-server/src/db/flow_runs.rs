@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use weir_types::{FlowRunId, FlowRunRecord, State, StateRecord};
 
 use super::query::{Query, cursor_of, opt, parse, parse_cursor};
-use super::{Applied, Db, DbError, FINAL};
+use super::{Db, DbError};
 
 const FLOW_COLS: &str = "id, flow_name, flow_path, parent_flow_run_id, parent_task_run_id, state, parameters, \
      created_at, started_at, ended_at, error, hostname, pid";
@@ -44,68 +44,6 @@ pub struct FlowRunFilter {
 }
 
 impl Db {
-    /// Proposes a flow run snapshot: created, or updated unless it is final.
-    pub async fn apply_flow_run(&self, r: &FlowRunRecord) -> Result<Applied, DbError> {
-        let sql = format!(
-            "INSERT INTO flow_runs ({FLOW_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
-                 ended_at = excluded.ended_at, error = excluded.error
-             WHERE flow_runs.state NOT IN {FINAL} OR flow_runs.state = excluded.state"
-        );
-        let mut tx = self.pool.begin().await?;
-        let res = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(r.id.to_string())
-            .bind(r.flow_name.clone())
-            .bind(r.flow_path.clone())
-            .bind(r.parent_flow_run_id.map(|i| i.to_string()))
-            .bind(r.parent_task_run_id.map(|i| i.to_string()))
-            .bind(r.state.as_str())
-            .bind(r.parameters.to_string())
-            .bind(r.created_at)
-            .bind(r.started_at)
-            .bind(r.ended_at)
-            .bind(r.error.clone())
-            .bind(r.hostname.clone())
-            .bind(r.pid as i64)
-            .execute(&mut *tx)
-            .await?;
-        if res.rows_affected() == 0 {
-            let current: String = sqlx::query("SELECT state FROM flow_runs WHERE id = $1")
-                .bind(r.id.to_string())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
-            tx.rollback().await?;
-            return Ok(Applied::Rejected {
-                current: parse(current)?,
-            });
-        }
-        sqlx::query("INSERT INTO flows (name, path, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
-            .bind(r.flow_name.clone())
-            .bind(r.flow_path.clone())
-            .bind(r.created_at)
-            .execute(&mut *tx)
-            .await?;
-        for tag in &r.tags {
-            sqlx::query("INSERT INTO flow_run_tags (flow_run_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(r.id.to_string())
-                .bind(tag.clone())
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(
-            "INSERT INTO flow_run_states (flow_run_id, state, at, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(r.id.to_string())
-        .bind(r.state.as_str())
-        .bind(r.ended_at.or(r.started_at).unwrap_or(r.created_at))
-        .bind(r.error.clone())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Applied::Accepted)
-    }
-
     /// Tags of a page of runs in one query, not one per run.
     async fn fill_tags(&self, runs: &mut [FlowRunRecord]) -> Result<(), sqlx::Error> {
         if runs.is_empty() {

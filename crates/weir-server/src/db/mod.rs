@@ -5,8 +5,9 @@
 //! BIGINT microsecond times, ids and JSON as TEXT. Only the migrations differ per database.
 //!
 //! One module per table, each an `impl Db` block: [`flow_runs`], [`task_runs`], [`events`]
-//! (states and log lines), [`flows`], [`variables`]; [`migrate`] runs the schema and
-//! [`query`] builds list queries and decodes rows. Errors are [`DbError`]s, which
+//! (a batch of snapshots, states and log lines, written together), [`flows`], [`variables`];
+//! [`rules`] holds the orchestration rules, [`migrate`] runs the schema and [`query`] builds
+//! list queries and decodes rows. Errors are [`DbError`]s, which
 //! `crate::error` turns into HTTP answers.
 
 mod events;
@@ -14,13 +15,14 @@ mod flow_runs;
 mod flows;
 mod migrate;
 mod query;
+mod rules;
 mod task_runs;
 mod variables;
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
-use weir_types::State;
 
+pub use events::Refusal;
 pub use flow_runs::FlowRunFilter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,16 +36,6 @@ pub enum Kind {
 pub struct Db {
     pub pool: AnyPool,
     pub kind: Kind,
-}
-
-/// What happened to a proposed run snapshot.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Applied {
-    Accepted,
-    /// The run is in a final state and stays there.
-    Rejected {
-        current: State,
-    },
 }
 
 /// Why a database operation failed.

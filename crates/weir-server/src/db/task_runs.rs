@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use weir_types::{CacheStatus, FlowRunId, State, StateEntry, TaskRunId, TaskRunRecord};
 
 use super::query::{Query, bad_row, cursor_of, opt, parse, parse_cursor};
-use super::{Applied, Db, DbError, FINAL};
+use super::{Db, DbError};
 
 const TASK_COLS: &str = "id, flow_run_id, task_name, task_path, state, attempt, cache_status, cache_key, \
      created_at, started_at, ended_at, error, history";
@@ -30,46 +30,6 @@ fn task_run(row: &AnyRow) -> Result<TaskRunRecord, sqlx::Error> {
 }
 
 impl Db {
-    /// Proposes a task run snapshot, with the same rule as flow runs.
-    pub async fn apply_task_run(&self, r: &TaskRunRecord) -> Result<Applied, DbError> {
-        let sql = format!(
-            "INSERT INTO task_runs ({TASK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
-                 cache_status = excluded.cache_status, cache_key = excluded.cache_key,
-                 started_at = excluded.started_at, ended_at = excluded.ended_at, error = excluded.error,
-                 history = excluded.history
-             WHERE task_runs.state NOT IN {FINAL} OR task_runs.state = excluded.state"
-        );
-        let history = serde_json::to_string(&r.history).map_err(bad_row)?;
-        let res = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(r.id.to_string())
-            .bind(r.flow_run_id.map(|i| i.to_string()))
-            .bind(r.task_name.clone())
-            .bind(r.task_path.clone())
-            .bind(r.state.as_str())
-            .bind(r.attempt as i64)
-            .bind(r.cache_status.as_str())
-            .bind(r.cache_key.clone())
-            .bind(r.created_at)
-            .bind(r.started_at)
-            .bind(r.ended_at)
-            .bind(r.error.clone())
-            .bind(history)
-            .execute(&self.pool)
-            .await?;
-        if res.rows_affected() == 0 {
-            let current: String = sqlx::query("SELECT state FROM task_runs WHERE id = $1")
-                .bind(r.id.to_string())
-                .fetch_one(&self.pool)
-                .await?
-                .try_get(0)?;
-            return Ok(Applied::Rejected {
-                current: parse(current)?,
-            });
-        }
-        Ok(Applied::Accepted)
-    }
-
     pub async fn list_task_runs(
         &self,
         flow_run: Option<FlowRunId>,
