@@ -49,6 +49,46 @@ async fn get(c: &reqwest::Client, url: String) -> (StatusCode, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Bad query parameters get the same JSON 422 as bad bodies, naming the field as sent.
+async fn query_errors(base: &str) {
+    let c = reqwest::Client::new();
+    let f = FlowRunId::new();
+    post(&c, format!("{base}/flow_runs"), flow(f, "q", "Running", 1, &[])).await;
+    for (url, field) in [
+        ("/flow_runs?limit=abc", "limit"),
+        ("/flow_runs?created_after=x", "created_after"),
+        ("/flow_runs?bogus=1", "bogus"),
+        ("/flow_runs?limit=0", "limit"),
+        ("/flow_runs?limit=501", "limit"),
+        ("/flow_runs?limit=-1", "limit"),
+        ("/flow_runs?parent=nope", "parent"),
+        ("/task_runs?flow_run_id=nope", "flow_run_id"),
+        ("/task_runs?limit=1001", "limit"),
+        ("/flow_runs/nope", "id"),
+        ("/task_runs/nope", "id"),
+        (&format!("/flow_runs/{f}/logs?follow=61"), "follow"),
+        (&format!("/flow_runs/{f}/logs?after=-1"), "after"),
+        (&format!("/flow_runs/{f}/logs?limit=x"), "limit"),
+        ("/flows?limit=0", "limit"),
+        ("/variables?cursor=a&extra=1", "extra"),
+    ] {
+        let r = c.get(format!("{base}{url}")).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {text}");
+        let e: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: not JSON: {text}"));
+        assert_eq!(e["error"]["code"], "invalid", "{url}: {e}");
+        assert_eq!(e["error"]["field"], field, "{url}: {e}");
+    }
+    let nul = flow(FlowRunId::new(), "bad\u{0}name", "Running", 3, &[]);
+    let (s, e) = post(&c, format!("{base}/flow_runs"), nul).await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("flow_name")),
+        "{e}"
+    );
+}
+
 async fn suite(base: &str) {
     let c = reqwest::Client::new();
     let f = FlowRunId::new();
@@ -702,4 +742,16 @@ async fn orchestration_rules_on_sqlite() {
 async fn orchestration_rules_on_postgres() {
     let Some(pg) = Pg::start() else { return };
     orchestration(&start(&pg.url(), None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_errors_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    query_errors(&start(&format!("sqlite://{}", dir.path().join("s.db").display()), None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_errors_on_postgres() {
+    let Some(pg) = Pg::start() else { return };
+    query_errors(&start(&pg.url(), None).await).await;
 }

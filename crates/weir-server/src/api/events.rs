@@ -39,9 +39,10 @@ pub struct BatchResult {
     pub rejected: Vec<Rejection>,
 }
 
-/// Checks an event's text fields against the limits the server keeps.
-pub(super) fn validate(e: &Event, i: usize) -> Result<(), ApiError> {
-    let at = |f: &str| format!("events[{i}].record.{f}");
+/// Checks an event's text fields against the limits the server keeps; errors name the field
+/// as `prefix` + its name (`events[3].record.` in a batch, nothing for a lone record).
+pub(super) fn validate(e: &Event, prefix: &str) -> Result<(), ApiError> {
+    let at = |f: &str| format!("{prefix}{f}");
     let check = |f: &str, v: &str, max: usize| check_text(&at(f), v, max);
     match e {
         Event::FlowRun(r) => {
@@ -51,8 +52,8 @@ pub(super) fn validate(e: &Event, i: usize) -> Result<(), ApiError> {
             if let Some(err) = &r.error {
                 check("error", err, 65536)?;
             }
-            for t in &r.tags {
-                check("tags", t, 128)?;
+            for (j, t) in r.tags.iter().enumerate() {
+                check(&format!("tags[{j}]"), t, 128)?;
             }
         }
         Event::TaskRun(r) => {
@@ -89,7 +90,7 @@ async fn post_events(
     ApiJson(batch): ApiJson<EventBatch>,
 ) -> Result<Json<BatchResult>, ApiError> {
     for (i, e) in batch.events.iter().enumerate() {
-        validate(e, i)?;
+        validate(e, &format!("events[{i}].record."))?;
     }
     let refused = app.db.apply_events(&batch.events).await?;
     if batch.events.iter().any(|e| matches!(e, Event::Log(_))) {

@@ -1,7 +1,7 @@
 //! `/flow_runs`: listing, recording, reading and moving flow runs through their states.
 
 use axum::Json;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, State as AxState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -10,7 +10,7 @@ use weir_types::{Event, FlowRunId, FlowRunRecord, State, StateRecord};
 
 use super::AppState;
 use super::events::validate;
-use super::params::{check_text, id_param, state_param};
+use super::params::{ApiQuery, check_text, id_param, in_range, state_param};
 use crate::db::FlowRunFilter;
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiJson;
@@ -53,7 +53,7 @@ pub struct FlowRunQuery {
     /// Only subflow runs of this flow run.
     pub parent: Option<String>,
     /// Page size, 1–500 (default 50).
-    pub limit: Option<usize>,
+    pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
 
@@ -62,7 +62,7 @@ pub struct FlowRunQuery {
     responses((status = 200, body = FlowRunPage), (status = 422, body = ErrorBody)))]
 async fn list_flow_runs(
     AxState(app): AxState<AppState>,
-    Query(q): Query<FlowRunQuery>,
+    ApiQuery(q): ApiQuery<FlowRunQuery>,
 ) -> Result<Json<FlowRunPage>, ApiError> {
     let filter = FlowRunFilter {
         state: state_param(q.state)?,
@@ -70,8 +70,12 @@ async fn list_flow_runs(
         tag: q.tag,
         created_after: q.created_after,
         created_before: q.created_before,
-        parent: q.parent.as_deref().map(|p| id_param(p, "parent")).transpose()?,
-        limit: q.limit.unwrap_or(50),
+        parent: q
+            .parent
+            .as_deref()
+            .map(|p| id_param(p, "parent", "flow run"))
+            .transpose()?,
+        limit: in_range("limit", q.limit, 1, 500)?.unwrap_or(50) as usize,
         cursor: q.cursor,
     };
     let (items, next_cursor) = app.db.list_flow_runs(filter).await?;
@@ -87,7 +91,7 @@ async fn post_flow_run(
 ) -> Result<Json<FlowRunRecord>, ApiError> {
     let id = r.id;
     let event = Event::FlowRun(r);
-    validate(&event, 0)?;
+    validate(&event, "")?;
     propose(&app, id, event).await
 }
 
@@ -98,7 +102,7 @@ async fn get_flow_run(
     AxState(app): AxState<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<FlowRunRecord>, ApiError> {
-    Ok(Json(app.db.flow_run(id_param(&id, "flow run")?).await?))
+    Ok(Json(app.db.flow_run(id_param(&id, "id", "flow run")?).await?))
 }
 
 /// Proposes a new state for a flow run: 409 if the rules refuse it (a Completed run cannot
@@ -111,7 +115,7 @@ async fn set_flow_run_state(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<StateProposal>,
 ) -> Result<Json<FlowRunRecord>, ApiError> {
-    let id: FlowRunId = id_param(&id, "flow run")?;
+    let id: FlowRunId = id_param(&id, "id", "flow run")?;
     let mut run = app.db.flow_run(id).await?;
     if let Some(m) = &p.message {
         check_text("message", m, 65536)?;
@@ -143,5 +147,5 @@ async fn flow_run_states(
     AxState(app): AxState<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<StateRecord>>, ApiError> {
-    Ok(Json(app.db.flow_run_states(id_param(&id, "flow run")?).await?))
+    Ok(Json(app.db.flow_run_states(id_param(&id, "id", "flow run")?).await?))
 }

@@ -1,14 +1,14 @@
 //! `/flows`: the flow names the server has seen.
 
 use axum::Json;
-use axum::extract::{Query, State as AxState};
+use axum::extract::State as AxState;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::params::NamePageQuery;
+use super::params::{ApiQuery, NamePageQuery, in_range};
 use crate::error::ApiError;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -32,9 +32,9 @@ pub struct FlowPage {
 #[utoipa::path(get, path = "/flows", params(NamePageQuery), responses((status = 200, body = FlowPage)))]
 async fn list_flows(
     AxState(app): AxState<AppState>,
-    Query(q): Query<NamePageQuery>,
+    ApiQuery(q): ApiQuery<NamePageQuery>,
 ) -> Result<Json<FlowPage>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = in_range("limit", q.limit, 1, 1000)?.unwrap_or(100) as usize;
     let flows = app.db.flows(q.cursor.as_deref().unwrap_or(""), limit + 1).await?;
     let mut items: Vec<Flow> = flows
         .into_iter()

@@ -1,7 +1,7 @@
 //! `/flow_runs/{id}/logs`: a flow run's log lines, in order, optionally waiting for more.
 
 use axum::Json;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, State as AxState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use weir_types::{FlowRunId, LogRecord};
 
 use super::AppState;
-use super::params::id_param;
+use super::params::{ApiQuery, id_param, in_range};
 use crate::error::{ApiError, ErrorBody};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -35,9 +35,10 @@ pub struct LogPage {
 pub struct LogQuery {
     /// Lines after this sequence number (default: from the start).
     pub after: Option<i64>,
-    pub limit: Option<usize>,
-    /// Wait up to this many seconds (max 60) for new lines when there are none yet.
-    pub follow: Option<u64>,
+    /// Page size, 1–5000 (default 1000).
+    pub limit: Option<u32>,
+    /// Wait up to this many seconds, 0–60, for new lines when there are none yet.
+    pub follow: Option<u32>,
 }
 
 /// Log lines of a flow run and its task runs, in order; with `follow`, waits for new ones.
@@ -46,13 +47,14 @@ pub struct LogQuery {
 async fn flow_run_logs(
     AxState(app): AxState<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Json<LogPage>, ApiError> {
-    let id: FlowRunId = id_param(&id, "flow run")?;
+    let id: FlowRunId = id_param(&id, "id", "flow run")?;
+    let after = in_range("after", q.after, 0, i64::MAX)?.unwrap_or(0);
+    let limit = in_range("limit", q.limit, 1, 5000)?.unwrap_or(1000) as usize;
+    let follow = in_range("follow", q.follow, 0, 60)?.unwrap_or(0);
     app.db.flow_run(id).await?;
-    let after = q.after.unwrap_or(0);
-    let limit = q.limit.unwrap_or(1000);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(q.follow.unwrap_or(0).min(60));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(follow.into());
     loop {
         // Subscribe before querying, so a line arriving in between still wakes us.
         let notified = app.new_logs.notified();

@@ -1,7 +1,7 @@
 //! `/task_runs`: listing and reading task runs.
 
 use axum::Json;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, State as AxState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use weir_types::{TaskRunId, TaskRunRecord};
 
 use super::AppState;
-use super::params::{id_param, state_param};
+use super::params::{ApiQuery, id_param, in_range, state_param};
 use crate::error::{ApiError, ErrorBody};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -30,7 +30,7 @@ pub struct TaskRunQuery {
     pub flow_run_id: Option<String>,
     pub state: Option<String>,
     /// Page size, 1–1000 (default 100).
-    pub limit: Option<usize>,
+    pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
 
@@ -39,12 +39,17 @@ pub struct TaskRunQuery {
     responses((status = 200, body = TaskRunPage), (status = 422, body = ErrorBody)))]
 async fn list_task_runs(
     AxState(app): AxState<AppState>,
-    Query(q): Query<TaskRunQuery>,
+    ApiQuery(q): ApiQuery<TaskRunQuery>,
 ) -> Result<Json<TaskRunPage>, ApiError> {
-    let flow_run = q.flow_run_id.as_deref().map(|f| id_param(f, "flow run")).transpose()?;
+    let flow_run = q
+        .flow_run_id
+        .as_deref()
+        .map(|f| id_param(f, "flow_run_id", "flow run"))
+        .transpose()?;
+    let limit = in_range("limit", q.limit, 1, 1000)?.unwrap_or(100) as usize;
     let (items, next_cursor) = app
         .db
-        .list_task_runs(flow_run, state_param(q.state)?, q.limit.unwrap_or(100), q.cursor)
+        .list_task_runs(flow_run, state_param(q.state)?, limit, q.cursor)
         .await?;
     Ok(Json(TaskRunPage { items, next_cursor }))
 }
@@ -56,6 +61,6 @@ async fn get_task_run(
     AxState(app): AxState<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskRunRecord>, ApiError> {
-    let id: TaskRunId = id_param(&id, "task run")?;
+    let id: TaskRunId = id_param(&id, "id", "task run")?;
     Ok(Json(app.db.task_run(id).await?))
 }

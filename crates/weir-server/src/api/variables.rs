@@ -1,7 +1,7 @@
 //! `/variables`: small named JSON values.
 
 use axum::Json;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::params::NamePageQuery;
+use super::params::{ApiQuery, NamePageQuery, in_range};
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiJson;
 
@@ -58,9 +58,9 @@ fn check_var_name(name: &str) -> Result<(), ApiError> {
 #[utoipa::path(get, path = "/variables", params(NamePageQuery), responses((status = 200, body = VariablePage)))]
 async fn list_variables(
     AxState(app): AxState<AppState>,
-    Query(q): Query<NamePageQuery>,
+    ApiQuery(q): ApiQuery<NamePageQuery>,
 ) -> Result<Json<VariablePage>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = in_range("limit", q.limit, 1, 1000)?.unwrap_or(100) as usize;
     let mut items: Vec<Variable> = app
         .db
         .variables(q.cursor.as_deref().unwrap_or(""), limit + 1)
