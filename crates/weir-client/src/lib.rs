@@ -75,7 +75,11 @@ pub struct Page<T> {
 #[derive(Debug, Clone, Deserialize)]
 struct LogPage {
     items: Vec<LogRecord>,
+    last_seq: i64,
 }
+
+/// Lines per page when reading a run's logs (the server's largest page).
+const LOG_PAGE: usize = 5000;
 
 /// True when `url` is plain HTTP to a host other than this machine: a key sent there
 /// crosses the network readable by anyone on the path.
@@ -227,11 +231,58 @@ impl Client {
         Ok(out)
     }
 
-    /// The log lines of a flow run, oldest first.
+    /// How many task runs had each cache status (`hit`, `miss`, …).
+    pub async fn cache_counts(&self) -> Result<Vec<(String, u64)>, ClientError> {
+        #[derive(Deserialize)]
+        struct Count {
+            cache_status: String,
+            count: u64,
+        }
+        let url = format!("{}/cache_counts", self.base);
+        let counts: Vec<Count> = self.send(self.http.get(&url), &url).await?;
+        Ok(counts.into_iter().map(|c| (c.cache_status, c.count)).collect())
+    }
+
+    /// Every flow run matching `query` (filters as in [`Client::flow_runs`]), newest first,
+    /// through every page; at most `max` when given.
+    pub async fn all_flow_runs(
+        &self,
+        query: &[(&str, &str)],
+        max: Option<usize>,
+    ) -> Result<Vec<FlowRunRecord>, ClientError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let want = max.map(|m| m - out.len()).unwrap_or(500).clamp(1, 500).to_string();
+            let mut q: Vec<(&str, &str)> = query.to_vec();
+            q.push(("limit", &want));
+            if let Some(c) = &cursor {
+                q.push(("cursor", c));
+            }
+            let page = self.flow_runs(&q).await?;
+            out.extend(page.items);
+            match page.next_cursor {
+                Some(c) if max.is_none_or(|m| out.len() < m) => cursor = Some(c),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// The log lines of a flow run, oldest first: every line, page after page.
     pub async fn logs(&self, flow_run: FlowRunId) -> Result<Vec<LogRecord>, ClientError> {
         let url = format!("{}/flow_runs/{flow_run}/logs", self.base);
-        let page: LogPage = self.send(self.http.get(&url).query(&[("limit", "5000")]), &url).await?;
-        Ok(page.items)
+        let mut out = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let q = [("limit", LOG_PAGE.to_string()), ("after", after.to_string())];
+            let page: LogPage = self.send(self.http.get(&url).query(&q), &url).await?;
+            let n = page.items.len();
+            out.extend(page.items);
+            if n < LOG_PAGE || page.last_seq <= after {
+                return Ok(out);
+            }
+            after = page.last_seq;
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
 
@@ -104,11 +104,12 @@ fn app_with(state: api::AppState, api_key: Option<String>) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::NotFound("no such endpoint (the API is under /api/v1)".into()) })
-        // One line per request (method, path, status, latency) at INFO; 5xx at ERROR.
+        // One line per request (method, path, status, latency) at INFO; 5xx at ERROR; its
+        // start at DEBUG.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                .on_request(())
+                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
                 .on_response(DefaultOnResponse::new().level(Level::INFO))
                 .on_failure(DefaultOnFailure::new().level(Level::ERROR)),
         )

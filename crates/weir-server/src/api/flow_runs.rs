@@ -41,6 +41,7 @@ pub struct FlowRunPage {
 #[serde(deny_unknown_fields)]
 pub struct FlowRunQuery {
     /// Only runs in this state.
+    #[param(value_type = Option<State>)]
     pub state: Option<String>,
     /// Only runs of this flow.
     pub flow: Option<String>,
@@ -51,9 +52,13 @@ pub struct FlowRunQuery {
     /// Only runs created before this time (µs since the epoch).
     pub created_before: Option<i64>,
     /// Only subflow runs of this flow run.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub parent: Option<String>,
     /// Page size, 1–500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = r"^-?[0-9]{1,19}:[0-9a-fA-F-]{36}$")]
     pub cursor: Option<String>,
 }
 
@@ -84,7 +89,8 @@ async fn list_flow_runs(
 
 /// Records one flow run (creates it, or proposes a new snapshot of it).
 #[utoipa::path(post, path = "/flow_runs", request_body = FlowRunRecord,
-    responses((status = 200, body = FlowRunRecord), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = FlowRunRecord), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn post_flow_run(
     AxState(app): AxState<AppState>,
     ApiJson(r): ApiJson<FlowRunRecord>,
@@ -96,8 +102,8 @@ async fn post_flow_run(
 }
 
 /// One flow run.
-#[utoipa::path(get, path = "/flow_runs/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = FlowRunRecord), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/flow_runs/{id}", params(("id" = uuid::Uuid, Path, description = "The run's id (a UUID).")),
+    responses((status = 200, body = FlowRunRecord), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn get_flow_run(
     AxState(app): AxState<AppState>,
     Path(id): Path<String>,
@@ -108,8 +114,9 @@ async fn get_flow_run(
 /// Proposes a new state for a flow run: 409 if the rules refuse it (a Completed run cannot
 /// run again; a Cancelled one stays cancelled; a Running one cannot become Pending).
 /// Proposing the final state it already has is a no-op that changes nothing.
-#[utoipa::path(post, path = "/flow_runs/{id}/state", params(("id" = String, Path)), request_body = StateProposal,
-    responses((status = 200, body = FlowRunRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/flow_runs/{id}/state", params(("id" = uuid::Uuid, Path, description = "The run's id (a UUID).")), request_body = StateProposal,
+    responses((status = 200, body = FlowRunRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn set_flow_run_state(
     AxState(app): AxState<AppState>,
     Path(id): Path<String>,
@@ -141,8 +148,8 @@ async fn propose(app: &AppState, id: FlowRunId, event: Event) -> Result<Json<Flo
 }
 
 /// The state history of a flow run.
-#[utoipa::path(get, path = "/flow_runs/{id}/states", params(("id" = String, Path)),
-    responses((status = 200, body = Vec<StateRecord>), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/flow_runs/{id}/states", params(("id" = uuid::Uuid, Path, description = "The run's id (a UUID).")),
+    responses((status = 200, body = Vec<StateRecord>), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn flow_run_states(
     AxState(app): AxState<AppState>,
     Path(id): Path<String>,

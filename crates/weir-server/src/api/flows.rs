@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::params::{ApiQuery, NamePageQuery, in_range};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_flows))
@@ -29,7 +29,8 @@ pub struct FlowPage {
 }
 
 /// Flows seen by the server, by name.
-#[utoipa::path(get, path = "/flows", params(NamePageQuery), responses((status = 200, body = FlowPage)))]
+#[utoipa::path(get, path = "/flows", params(NamePageQuery),
+    responses((status = 200, body = FlowPage), (status = 422, body = ErrorBody)))]
 async fn list_flows(
     AxState(app): AxState<AppState>,
     ApiQuery(q): ApiQuery<NamePageQuery>,

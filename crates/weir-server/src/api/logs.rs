@@ -34,16 +34,19 @@ pub struct LogPage {
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     /// Lines after this sequence number (default: from the start).
+    #[param(minimum = 0)]
     pub after: Option<i64>,
     /// Page size, 1–5000 (default 1000).
+    #[param(minimum = 1, maximum = 5000)]
     pub limit: Option<u32>,
     /// Wait up to this many seconds, 0–60, for new lines when there are none yet.
+    #[param(minimum = 0, maximum = 60)]
     pub follow: Option<u32>,
 }
 
 /// Log lines of a flow run and its task runs, in order; with `follow`, waits for new ones.
-#[utoipa::path(get, path = "/flow_runs/{id}/logs", params(("id" = String, Path), LogQuery),
-    responses((status = 200, body = LogPage), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/flow_runs/{id}/logs", params(("id" = uuid::Uuid, Path, description = "The run's id (a UUID)."), LogQuery),
+    responses((status = 200, body = LogPage), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn flow_run_logs(
     AxState(app): AxState<AppState>,
     Path(id): Path<String>,

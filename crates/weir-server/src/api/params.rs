@@ -11,7 +11,9 @@ use crate::error::ApiError;
 #[serde(deny_unknown_fields)]
 pub struct NamePageQuery {
     /// Page size, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page (a name).
     pub cursor: Option<String>,
 }
 

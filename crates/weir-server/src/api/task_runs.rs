@@ -16,6 +16,28 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_task_runs))
         .routes(routes!(get_task_run))
+        .routes(routes!(cache_counts))
+}
+
+/// How many task runs had each cache status.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct CacheCount {
+    /// `hit`, `miss`, `refreshed`, `disabled`, …
+    pub cache_status: String,
+    #[schema(minimum = 0)]
+    pub count: i64,
+}
+
+/// How often task runs hit or missed the cache (`weir cache stats`).
+#[utoipa::path(get, path = "/cache_counts", responses((status = 200, body = Vec<CacheCount>)))]
+async fn cache_counts(AxState(app): AxState<AppState>) -> Result<Json<Vec<CacheCount>>, ApiError> {
+    let counts = app.db.cache_counts().await?;
+    Ok(Json(
+        counts
+            .into_iter()
+            .map(|(cache_status, count)| CacheCount { cache_status, count })
+            .collect(),
+    ))
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -27,10 +49,17 @@ pub struct TaskRunPage {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRunQuery {
+    /// Only task runs of this flow run.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub flow_run_id: Option<String>,
+    /// Only task runs in this state.
+    #[param(value_type = Option<weir_types::State>)]
     pub state: Option<String>,
     /// Page size, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = r"^-?[0-9]{1,19}:[0-9a-fA-F-]{36}$")]
     pub cursor: Option<String>,
 }
 
@@ -55,8 +84,8 @@ async fn list_task_runs(
 }
 
 /// One task run.
-#[utoipa::path(get, path = "/task_runs/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = TaskRunRecord), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/task_runs/{id}", params(("id" = uuid::Uuid, Path, description = "The run's id (a UUID).")),
+    responses((status = 200, body = TaskRunRecord), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn get_task_run(
     AxState(app): AxState<AppState>,
     Path(id): Path<String>,

@@ -55,7 +55,8 @@ fn check_var_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// Variables, by name.
-#[utoipa::path(get, path = "/variables", params(NamePageQuery), responses((status = 200, body = VariablePage)))]
+#[utoipa::path(get, path = "/variables", params(NamePageQuery),
+    responses((status = 200, body = VariablePage), (status = 422, body = ErrorBody)))]
 async fn list_variables(
     AxState(app): AxState<AppState>,
     ApiQuery(q): ApiQuery<NamePageQuery>,
@@ -80,7 +81,7 @@ async fn list_variables(
 }
 
 /// One variable.
-#[utoipa::path(get, path = "/variables/{name}", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/variables/{name}", params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,128}$", max_length = 128)),
     responses((status = 200, body = Variable), (status = 404, body = ErrorBody)))]
 async fn get_variable(AxState(app): AxState<AppState>, Path(name): Path<String>) -> Result<Json<Variable>, ApiError> {
     check_var_name(&name)?;
@@ -93,7 +94,7 @@ async fn get_variable(AxState(app): AxState<AppState>, Path(name): Path<String>)
 }
 
 /// Sets a variable (a small named JSON value, at most 64 KiB).
-#[utoipa::path(put, path = "/variables/{name}", params(("name" = String, Path)), request_body = VariableValue,
+#[utoipa::path(put, path = "/variables/{name}", params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,128}$", max_length = 128)), request_body = VariableValue,
     responses((status = 200, body = Variable), (status = 422, body = ErrorBody)))]
 async fn put_variable(
     AxState(app): AxState<AppState>,
@@ -117,8 +118,8 @@ async fn put_variable(
 }
 
 /// Deletes a variable.
-#[utoipa::path(delete, path = "/variables/{name}", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/variables/{name}", params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,128}$", max_length = 128)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn delete_variable(AxState(app): AxState<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     check_var_name(&name)?;
     if app.db.delete_variable(&name).await? {

@@ -77,10 +77,9 @@ impl Query {
     }
     pub(super) fn cursor(&mut self, c: (i64, String)) {
         let n = self.next();
-        self.conds.push(format!(
-            "(created_at < ${n} OR (created_at = ${n} AND id < ${}))",
-            n + 1
-        ));
+        // A row value: both databases turn it into one index range, where the OR form
+        // made them scan.
+        self.conds.push(format!("(created_at, id) < (${n}, ${})", n + 1));
         self.args.push(Arg::Int(c.0));
         self.args.push(Arg::Text(c.1));
     }

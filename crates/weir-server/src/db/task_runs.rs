@@ -73,4 +73,16 @@ impl Db {
             .ok_or_else(|| DbError::NotFound(format!("no task run {id}")))?;
         Ok(task_run(&row)?)
     }
+
+    /// How many task runs hit, missed, refreshed… the cache (`cache_status`, count).
+    pub async fn cache_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let rows =
+            sqlx::query("SELECT cache_status, count(*) FROM task_runs GROUP BY cache_status ORDER BY cache_status")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
 }
