@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 
-use crate::backend::{Backend, BackendError, ObjectInfo, WriteMode, Written};
+use crate::backend::{Backend, BackendError, ObjectInfo, Versioned, WriteMode, Written};
 
 /// A folder backend.
 #[derive(Debug, Clone)]
@@ -136,6 +136,38 @@ impl FolderBackend {
         Ok(Some((hash, size)))
     }
 
+    fn read_sync(&self, path: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        match fs::read(self.path_of(path)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("read", &self.path_of(path), e)),
+        }
+    }
+
+    fn read_versioned_sync(&self, path: &str) -> Result<Option<Versioned>, BackendError> {
+        Ok(self.read_sync(path)?.map(|bytes| {
+            let version = content_version(&bytes);
+            (bytes, version)
+        }))
+    }
+
+    /// A folder has no compare-and-delete: this compares the file's contents, then unlinks.
+    /// What can slip between the two is another file taking this name in those
+    /// microseconds; the store only uses it on files that are never rewritten in place, so
+    /// that would take the file being deleted and the name created again meanwhile.
+    fn delete_if_sync(&self, path: &str, version: &str) -> Result<bool, BackendError> {
+        match self.read_sync(path)? {
+            Some(bytes) if content_version(&bytes) == version => {}
+            _ => return Ok(false),
+        }
+        let p = self.path_of(path);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.err("delete", &p, e)),
+        }
+    }
+
     fn list_sync(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         let mut out = Vec::new();
         let start = self.path_of(prefix);
@@ -176,6 +208,15 @@ impl FolderBackend {
     }
 }
 
+/// Which version of a file was read: a hash of its contents. Not its inode and change
+/// time: FUSE and network mounts (JuiceFS, NFS) cache attributes, so right after a file is
+/// created `fstat` and `stat` can disagree about its change time; and a freed inode number
+/// is soon reused. The store's versioned files carry a random token, so their contents
+/// tell them apart.
+fn content_version(bytes: &[u8]) -> String {
+    format!("b3:{}", blake3::hash(bytes).to_hex())
+}
+
 impl Backend for FolderBackend {
     fn location(&self) -> String {
         self.root.display().to_string()
@@ -186,11 +227,7 @@ impl Backend for FolderBackend {
     }
 
     fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BackendError>> {
-        let result = match fs::read(self.path_of(path)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.err("read", &self.path_of(path), e)),
-        };
+        let result = self.read_sync(path);
         Box::pin(std::future::ready(result))
     }
 
@@ -215,6 +252,14 @@ impl Backend for FolderBackend {
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, BackendError>> {
         Box::pin(std::future::ready(self.list_sync(prefix)))
+    }
+
+    fn read_versioned<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, BackendError>> {
+        Box::pin(std::future::ready(self.read_versioned_sync(path)))
+    }
+
+    fn delete_if<'a>(&'a self, path: &'a str, version: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(std::future::ready(self.delete_if_sync(path, version)))
     }
 
     fn write_file<'a>(

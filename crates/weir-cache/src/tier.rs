@@ -15,8 +15,8 @@ use crate::backend::Backend;
 use crate::folder::FolderBackend;
 use crate::key::CacheKey;
 use crate::store::{
-    EntryMeta, GcOptions, GcReport, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore, Store, StoreError,
-    StoreStats, manifest_path,
+    EntryMeta, GcOptions, GcReport, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, Renewal, ResultStore, Store,
+    StoreError, StoreStats, manifest_path,
 };
 
 /// Counters of one tiered store, for `weir cache stats` and tests.
@@ -194,12 +194,16 @@ impl ResultStore for Tiered {
         self.remote.try_lease(key, holder, ttl, now)
     }
 
-    fn renew<'a>(&'a self, lease: &'a Lease, ttl: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl: i64, now: i64) -> BoxFuture<'a, Result<Renewal, StoreError>> {
         self.remote.renew(lease, ttl, now)
     }
 
-    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.remote.release(lease)
+    }
+
+    fn atomic_leases(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.remote.atomic_leases()
     }
 
     fn put_file(
@@ -247,6 +251,26 @@ impl ResultStore for Tiered {
 
     fn get_named<'a>(&'a self, name: &'a str, now: i64) -> BoxFuture<'a, Result<Lookup, StoreError>> {
         self.remote.get_named(name, now)
+    }
+
+    fn put_blobs(
+        &self,
+        srcs: Vec<std::path::PathBuf>,
+        mode: PutMode,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.remote.put_blobs(srcs, mode)
+    }
+
+    fn get_blobs<'a>(
+        &'a self,
+        meta: &'a EntryMeta,
+        _dest_dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<crate::store::StoredFiles, StoreError>> {
+        // Downloaded like file results: into the local tier.
+        Box::pin(async move {
+            let dir = self.local_folder.root().join("files");
+            self.remote.get_blobs(meta, &dir).await
+        })
     }
 
     fn put_named(

@@ -50,6 +50,7 @@ fn entry(key: &str, created_at: i64, source: &str, inputs: &[(&str, &str)]) -> E
                 digest: d.repeat(64 / d.len()),
             })
             .collect(),
+        files: Vec::new(),
     }
 }
 

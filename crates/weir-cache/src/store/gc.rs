@@ -68,7 +68,10 @@ impl Store {
             }
             live = keep;
         }
-        let referenced: HashSet<&str> = live.iter().map(|(m, _)| m.blob.as_str()).collect();
+        let referenced: HashSet<&str> = live
+            .iter()
+            .flat_map(|(m, _)| std::iter::once(&m.blob).chain(&m.files).map(String::as_str))
+            .collect();
         for obj in self.backend.list("v1/blobs/").await? {
             let name = obj.path.rsplit('/').next().unwrap_or("");
             if referenced.contains(name) {

@@ -37,6 +37,10 @@ impl Store {
     /// Stores a named result: the data at its readable name, then its manifest. Stored as
     /// serialized, uncompressed: the point of a named result is that people and other
     /// programs can read it where they expect it.
+    ///
+    /// Checks, then writes: callers serialize the writers of one name by holding its lease
+    /// ([`crate::store::named_lease_key`]), so that two writers cannot leave one's data under
+    /// the other's manifest, and a create-if-absent that finds a manifest writes nothing.
     pub(super) async fn put_named_data(
         &self,
         mut meta: EntryMeta,

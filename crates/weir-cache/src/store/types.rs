@@ -45,6 +45,9 @@ pub struct EntryMeta {
     pub code_hash: Option<String>,
     /// Digest of each input, by parameter name.
     pub inputs: Vec<InputDigest>,
+    /// Hex BLAKE3 of each file (artifact) the result refers to, stored as blobs beside it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 /// What a lookup found.
@@ -131,14 +134,36 @@ pub enum StoreError {
 pub struct LeaseRecord {
     pub holder: String,
     pub expires_at: i64,
+    /// Random, one per acquisition and kept through renewals: what tells a lease from a
+    /// later lease on the same key, even one with the same generation number.
+    #[serde(default)]
+    pub token: String,
+    /// The holder's lease TTL (µs; 0 in records written before it was kept): it renews
+    /// every third of it, so a waiter with a shorter TTL of its own knows how long a silence
+    /// still means a live holder.
+    #[serde(default)]
+    pub ttl: i64,
 }
 
-/// A lease this process holds.
+/// A lease this process holds. Renewing gives the next one ([`Renewal::Renewed`]).
 #[derive(Clone, Debug)]
 pub struct Lease {
     pub key: CacheKey,
     pub(super) generation: u64,
     pub holder: String,
+    pub token: String,
+    /// Until when (µs), as of the last acquisition or renewal.
+    pub expires_at: i64,
+}
+
+/// The answer to renewing a lease.
+#[derive(Debug)]
+pub enum Renewal {
+    /// Still ours, until the new lease's `expires_at`.
+    Renewed(Lease),
+    /// Someone else took the lease over (ours had expired): stop acting as its holder.
+    /// Their record, when it could be read.
+    Lost(Option<LeaseRecord>),
 }
 
 /// The answer to asking for a lease.
