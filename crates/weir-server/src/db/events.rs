@@ -258,6 +258,10 @@ impl Db {
     }
 
     async fn write(&self, plan: Plan<'_>, refused: &mut Vec<Refusal>) -> Result<(), DbError> {
+        let _one_writer = match self.kind {
+            super::Kind::Sqlite => Some(self.write_lock.lock().await),
+            super::Kind::Postgres => None,
+        };
         let mut tx = self.pool.begin().await?;
         let mut landed_flows: HashSet<String> = HashSet::new();
         let per = MAX_PARAMS / FLOW_COLS.len();

@@ -36,6 +36,9 @@ pub enum Kind {
 pub struct Db {
     pub pool: AnyPool,
     pub kind: Kind,
+    /// SQLite has one writer at a time; writers queue here instead of in SQLite's busy
+    /// handler, which sleeps (milliseconds each) between its tries.
+    pub(crate) write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Why a database operation failed.
@@ -91,7 +94,11 @@ impl Db {
             })
             .connect(&url)
             .await?;
-        let db = Db { pool, kind };
+        let db = Db {
+            pool,
+            kind,
+            write_lock: Default::default(),
+        };
         db.migrate().await?;
         Ok(db)
     }
