@@ -119,4 +119,40 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn touch<'a>(&'a self, _path: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// For a content-addressed file a writer found already present: makes sure garbage
+    /// collection sees it as young (modified within `max_age_micros`) so it is not deleted
+    /// before the writer's manifest points at it. `false` means "not done (missing, or
+    /// cannot be refreshed in place): write it again with [`WriteMode::Overwrite`]", which
+    /// the default always answers.
+    fn refresh<'a>(&'a self, _path: &'a str, _max_age_micros: i64) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async { Ok(false) })
+    }
+
+    /// Deletes `path` only if it still holds `expected`; `false` if it changed (or is gone).
+    /// The default compares, then deletes: a write landing in between is lost, which
+    /// backends close with a real compare-and-delete.
+    fn delete_if_unchanged<'a>(
+        &'a self,
+        path: &'a str,
+        expected: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            if self.read(path).await?.as_deref() != Some(expected) {
+                return Ok(false);
+            }
+            self.delete(path).await?;
+            Ok(true)
+        })
+    }
+
+    /// Deletes `path` only if it was last modified at or before `cutoff_micros` (µs since
+    /// the epoch); `false` if it is younger (a writer refreshed it) or gone. The default
+    /// deletes unconditionally: only for backends that are never shared.
+    fn delete_if_older<'a>(&'a self, path: &'a str, _cutoff_micros: i64) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            self.delete(path).await?;
+            Ok(true)
+        })
+    }
 }

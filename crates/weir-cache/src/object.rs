@@ -87,12 +87,90 @@ impl ObjectBackend {
     }
 }
 
+impl ObjectBackend {
+    /// Deletes `path` if its ETag is still `etag` (a conditional DELETE where the service
+    /// has one; S3 does). Where it has not, or the server refuses the condition, the delete
+    /// is plain: the window since the caller's check is then a round trip, not zero.
+    async fn delete_matching(&self, path: &str, etag: Option<&str>) -> Result<bool, BackendError> {
+        if let Some(tag) = etag
+            && self.op.info().capability().delete_with_if_match
+        {
+            let opts = opendal::options::DeleteOptions {
+                if_match: Some(tag.to_string()),
+                ..Default::default()
+            };
+            match self.op.delete_options(path, opts).await {
+                Ok(()) => return Ok(true),
+                Err(e) if matches!(e.kind(), ErrorKind::ConditionNotMatch | ErrorKind::NotFound) => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Unsupported => {}
+                Err(e) => return Err(err(&self.location, "delete", path, e)),
+            }
+        }
+        match self.op.delete(path).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(err(&self.location, "delete", path, e)),
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 fn err(backend: &str, op: &'static str, path: &str, e: opendal::Error) -> BackendError {
     BackendError {
         backend: backend.to_string(),
         op,
         path: path.to_string(),
         message: e.to_string(),
+    }
+}
+
+impl ObjectBackend {
+    /// Streams `src` through `writer` and completes the upload. The file must keep the size
+    /// it had when opened: the caller named the object after the file's hash, so a file
+    /// that shrank or grew meanwhile must not be stored under that name.
+    async fn upload(&self, writer: &mut opendal::Writer, path: &str, src: &Path) -> Result<(), BackendError> {
+        let io_err = |e: std::io::Error| BackendError {
+            backend: self.location.clone(),
+            op: "read",
+            path: src.display().to_string(),
+            message: e.to_string(),
+        };
+        let mut file = std::fs::File::open(src).map_err(io_err)?;
+        let expected = file.metadata().map_err(io_err)?.len();
+        let mut sent = 0u64;
+        loop {
+            let mut buf = vec![0u8; crate::stream::CHUNK];
+            let n = crate::stream::read_full(&mut file, &mut buf).map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            sent += n as u64;
+            if sent > expected {
+                break;
+            }
+            writer
+                .write(buf)
+                .await
+                .map_err(|e| err(&self.location, "write", path, e))?;
+        }
+        if sent != expected {
+            return Err(io_err(std::io::Error::other(format!(
+                "the file changed while it was uploaded ({expected} bytes when opened, {}{sent} read)",
+                if sent > expected { "at least " } else { "" }
+            ))));
+        }
+        writer
+            .close()
+            .await
+            .map_err(|e| err(&self.location, "write", path, e))?;
+        Ok(())
     }
 }
 
@@ -151,12 +229,6 @@ impl Backend for ObjectBackend {
         mode: WriteMode,
     ) -> BoxFuture<'a, Result<Written, BackendError>> {
         Box::pin(async move {
-            let io_err = |e: std::io::Error| BackendError {
-                backend: self.location.clone(),
-                op: "read",
-                path: src.display().to_string(),
-                message: e.to_string(),
-            };
             if mode == WriteMode::IfAbsent {
                 match self.op.exists(path).await {
                     Ok(true) => return Ok(Written::Exists),
@@ -173,24 +245,20 @@ impl Backend for ObjectBackend {
                 .concurrent(2)
                 .await
                 .map_err(|e| err(&self.location, "write", path, e))?;
-            let mut file = std::fs::File::open(src).map_err(io_err)?;
-            loop {
-                let mut buf = vec![0u8; crate::stream::CHUNK];
-                let n = crate::stream::read_full(&mut file, &mut buf).map_err(io_err)?;
-                if n == 0 {
-                    break;
+            match self.upload(&mut writer, path, src).await {
+                Ok(()) => Ok(Written::Created),
+                Err(mut e) => {
+                    // Parts already sent stay in the bucket (and are billed) until the
+                    // upload is aborted or completed.
+                    if let Err(abort) = writer.abort().await {
+                        e.message = format!(
+                            "{}; the incomplete upload could not be aborted either ({abort}): a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes it",
+                            e.message
+                        );
+                    }
+                    Err(e)
                 }
-                buf.truncate(n);
-                writer
-                    .write(buf)
-                    .await
-                    .map_err(|e| err(&self.location, "write", path, e))?;
             }
-            writer
-                .close()
-                .await
-                .map_err(|e| err(&self.location, "write", path, e))?;
-            Ok(Written::Created)
         })
     }
 
@@ -242,6 +310,21 @@ impl Backend for ObjectBackend {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(err(&self.location, "delete", path, e)),
+            }
+        })
+    }
+
+    fn refresh<'a>(&'a self, path: &'a str, max_age: i64) -> BoxFuture<'a, Result<bool, BackendError>> {
+        // There is no "touch" in object storage (copying an object onto itself is refused
+        // unless its metadata changes), so a writer that finds a blob re-uploads it, but
+        // only when it is older than `max_age`: see `BLOB_REFRESH_AGE` in the store.
+        Box::pin(async move {
+            match self.op.stat(path).await {
+                Ok(m) => Ok(m
+                    .last_modified()
+                    .is_some_and(|t| t.into_inner().as_microsecond() > now_micros() - max_age)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(err(&self.location, "stat", path, e)),
             }
         })
     }
@@ -307,6 +390,48 @@ impl Backend for ObjectBackend {
                 Err(e) if matches!(e.kind(), ErrorKind::ConditionNotMatch | ErrorKind::NotFound) => Ok(false),
                 Err(e) => Err(err(&self.location, "delete", path, e)),
             }
+        })
+    }
+
+    fn delete_if_unchanged<'a>(
+        &'a self,
+        path: &'a str,
+        expected: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let etag = match self.op.stat(path).await {
+                Ok(m) => m.etag().map(str::to_string),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(err(&self.location, "stat", path, e)),
+            };
+            let read = match &etag {
+                Some(tag) => self.op.read_with(path).if_match(tag).await,
+                None => self.op.read(path).await,
+            };
+            match read {
+                Ok(b) if b.to_vec() == expected => {}
+                Ok(_) => return Ok(false),
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConditionNotMatch) => return Ok(false),
+                Err(e) => return Err(err(&self.location, "read", path, e)),
+            }
+            self.delete_matching(path, etag.as_deref()).await
+        })
+    }
+
+    fn delete_if_older<'a>(&'a self, path: &'a str, cutoff: i64) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let (modified, etag) = match self.op.stat(path).await {
+                Ok(m) => (
+                    m.last_modified().map(|t| t.into_inner().as_microsecond()).unwrap_or(0),
+                    m.etag().map(str::to_string),
+                ),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(err(&self.location, "stat", path, e)),
+            };
+            if modified > cutoff {
+                return Ok(false);
+            }
+            self.delete_matching(path, etag.as_deref()).await
         })
     }
 

@@ -40,6 +40,7 @@ pub fn meta(k: &CacheKey) -> EntryMeta {
         code_hash: None,
         inputs: vec![],
         files: Vec::new(),
+        inline: None,
     }
 }
 
@@ -70,20 +71,26 @@ pub async fn round_trip(store: &Store) {
     assert_eq!(store.entry(&k).await.unwrap().unwrap().key, k.to_hex());
 }
 
-/// Damaged data is never returned; a missing blob is a miss; a replace repairs.
+/// Damaged data is never returned; a manifest whose blob is missing is corrupt (so it is
+/// replaced, not kept); a replace repairs. Small results live in their manifest and are
+/// checked the same way.
 pub async fn damage(store: &Store) {
     let b = store.backend().clone();
     let k = key("damage", 1);
-    let (_, m) = store.put(meta(&k), b"hello".to_vec(), PutMode::IfAbsent).await.unwrap();
+    // Larger than INLINE_MAX: stored as a blob.
+    let big = vec![7u8; weir_cache::store::INLINE_MAX + 1];
+    let (_, m) = store.put(meta(&k), big.clone(), PutMode::IfAbsent).await.unwrap();
     let blob = store.blob_path(&m.blob);
 
-    b.write(&blob, b"hellO".to_vec(), WriteMode::Overwrite).await.unwrap();
+    let mut changed = big.clone();
+    changed[10] = 8;
+    b.write(&blob, changed, WriteMode::Overwrite).await.unwrap();
     assert!(
         matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }),
         "checksum mismatch"
     );
 
-    b.write(&blob, b"hel".to_vec(), WriteMode::Overwrite).await.unwrap();
+    b.write(&blob, big[..100].to_vec(), WriteMode::Overwrite).await.unwrap();
     assert!(
         matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }),
         "truncated blob"
@@ -91,12 +98,12 @@ pub async fn damage(store: &Store) {
 
     b.delete(&blob).await.unwrap();
     assert!(
-        matches!(store.get(&k, 0).await.unwrap(), Lookup::Miss),
+        matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }),
         "manifest without data"
     );
 
-    store.put(meta(&k), b"hello".to_vec(), PutMode::Replace).await.unwrap();
-    assert_eq!(hit_bytes(store, &k).await, b"hello");
+    store.put(meta(&k), big.clone(), PutMode::Replace).await.unwrap();
+    assert_eq!(hit_bytes(store, &k).await, big);
 
     b.write(&store.manifest_path(&k), b"{ not json".to_vec(), WriteMode::Overwrite)
         .await
@@ -104,6 +111,30 @@ pub async fn damage(store: &Store) {
     assert!(
         matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }),
         "garbage manifest"
+    );
+
+    // A small result: inside its manifest, no blob; a changed byte in it is noticed.
+    let small = key("damage", 2);
+    let (_, m) = store
+        .put(meta(&small), b"hello".to_vec(), PutMode::IfAbsent)
+        .await
+        .unwrap();
+    assert!(
+        b.read(&store.blob_path(&m.blob)).await.unwrap().is_none(),
+        "no blob file"
+    );
+    assert_eq!(hit_bytes(store, &small).await, b"hello");
+    let path = store.manifest_path(&small);
+    let raw = String::from_utf8(b.read(&path).await.unwrap().unwrap()).unwrap();
+    assert!(!raw.contains('\n'), "compact JSON: {raw}");
+    let tampered = raw.replace("aGVsbG8=", "aGVsbE8=");
+    assert_ne!(raw, tampered, "the inline bytes are base64 in the manifest: {raw}");
+    b.write(&path, tampered.into_bytes(), WriteMode::Overwrite)
+        .await
+        .unwrap();
+    assert!(
+        matches!(store.get(&small, 0).await.unwrap(), Lookup::Corrupt { .. }),
+        "changed inline bytes"
     );
 }
 
@@ -117,11 +148,18 @@ pub async fn expiry(store: &Store) {
     assert!(matches!(store.get(&k, 100).await.unwrap(), Lookup::Expired { .. }));
 }
 
+/// A result too large to live inside its manifest (so it is stored as a blob).
+pub fn large(tag: &[u8]) -> Vec<u8> {
+    let mut v = tag.to_vec();
+    v.resize(weir_cache::store::INLINE_MAX + 1, b'.');
+    v
+}
+
 /// Identical results are stored once.
 pub async fn dedup(store: &Store) {
     let (a, b) = (key("dedup", 1), key("dedup", 2));
-    let (_, ma) = store.put(meta(&a), b"same".to_vec(), PutMode::IfAbsent).await.unwrap();
-    let (_, mb) = store.put(meta(&b), b"same".to_vec(), PutMode::IfAbsent).await.unwrap();
+    let (_, ma) = store.put(meta(&a), large(b"same"), PutMode::IfAbsent).await.unwrap();
+    let (_, mb) = store.put(meta(&b), large(b"same"), PutMode::IfAbsent).await.unwrap();
     assert_eq!(ma.blob, mb.blob);
     let blobs = store.backend().list("v1/blobs/").await.unwrap();
     assert_eq!(blobs.iter().filter(|o| o.path.ends_with(&ma.blob)).count(), 1);
@@ -158,19 +196,16 @@ pub async fn maintenance(store: &Store) {
     let live = key("maintenance", 3);
     let mut m = meta(&old);
     m.created_at = now - 8 * 86_400_000_000;
-    store.put(m, b"old".to_vec(), PutMode::IfAbsent).await.unwrap();
+    store.put(m, large(b"old"), PutMode::IfAbsent).await.unwrap();
     let mut m = meta(&expired);
     m.created_at = now - 1_000;
     m.expires_at = Some(now - 1);
-    store.put(m, b"expired".to_vec(), PutMode::IfAbsent).await.unwrap();
+    store.put(m, large(b"expired"), PutMode::IfAbsent).await.unwrap();
     let mut m = meta(&live);
     m.created_at = now - 1_000;
-    store.put(m, b"live".to_vec(), PutMode::IfAbsent).await.unwrap();
+    store.put(m, large(b"live"), PutMode::IfAbsent).await.unwrap();
     let gone = key("maintenance", 4);
-    store
-        .put(meta(&gone), b"gone".to_vec(), PutMode::IfAbsent)
-        .await
-        .unwrap();
+    store.put(meta(&gone), large(b"gone"), PutMode::IfAbsent).await.unwrap();
     assert!(store.remove(&gone).await.unwrap());
     assert!(!store.remove(&gone).await.unwrap());
 
@@ -196,7 +231,7 @@ pub async fn maintenance(store: &Store) {
 
     store.gc(GcOptions { dry_run: false, ..opts }, now).await.unwrap();
     assert_eq!(mine(store.entries().await.unwrap()), vec![live.to_hex()]);
-    assert_eq!(hit_bytes(store, &live).await, b"live");
+    assert_eq!(hit_bytes(store, &live).await, large(b"live"));
     let blobs: Vec<String> = store
         .backend()
         .list("v1/blobs/")
@@ -206,7 +241,7 @@ pub async fn maintenance(store: &Store) {
         .map(|o| o.path)
         .collect();
     for gone_blob in [b"old".as_slice(), b"expired", b"gone"] {
-        let h = blake3::hash(gone_blob).to_hex().to_string();
+        let h = blake3::hash(&large(gone_blob)).to_hex().to_string();
         assert!(
             !blobs.iter().any(|p| p.ends_with(&h)),
             "unreferenced blob {h} was collected"

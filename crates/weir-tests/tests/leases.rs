@@ -180,8 +180,11 @@ fn threads_meeting_one_damaged_or_refreshed_entry_compute_it_once() {
     let label = format!("counted {x}");
     rt.block_on(counted_flow(x, false)).unwrap();
     let key = counted(x).cache_key().unwrap().unwrap();
-    let meta = rt.block_on(store.entry(&key)).unwrap().unwrap();
-    std::fs::write(folder.path_of(&store.blob_path(&meta.blob)), b"damaged").unwrap();
+    // A small result lives in its manifest: damage the bytes there.
+    let manifest = folder.path_of(&store.manifest_path(&key));
+    let mut meta: weir_cache::EntryMeta = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    meta.inline = meta.inline.map(|b| b.iter().map(|x| x ^ 1).collect());
+    std::fs::write(&manifest, serde_json::to_vec(&meta).unwrap()).unwrap();
     let got = one_result(in_threads(6, || counted_flow(x, false)));
     assert_eq!(ran(&label), 2, "the damaged entry was computed again once");
     assert_eq!(got, format!("{label}, run 2"));

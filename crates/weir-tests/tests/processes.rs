@@ -190,12 +190,21 @@ fn two_processes_on_two_homes_share_one_s3_store() {
         .unwrap());
     assert_eq!((first.as_str(), second.as_str()), ("miss", "hit"));
     assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1);
-    // The second machine kept a local copy: its local tier now answers without S3.
+    // The second machine kept a local copy…
     let local = files_in(&b.path().join("local-cache/v1/manifests"));
     assert_eq!(local.len(), 1, "{local:?}");
+    // …but never trusts it without S3's manifest: with the server gone the task computes
+    // without the cache (the copy may be stale), and says so.
     drop(server);
-    let offline = probe_s3(b.path(), &url).args(["run", "31"]).output().unwrap();
-    assert_eq!(ok(offline), "hit", "served from the local tier with the S3 server gone");
+    let offline = probe_s3(b.path(), &url)
+        .env("PROBE_MARKER", &marker)
+        .args(["run", "31"])
+        .output()
+        .unwrap();
+    let warning = String::from_utf8_lossy(&offline.stderr).into_owned();
+    assert_eq!(ok(offline), "miss", "computed, not served from an unconfirmed copy");
+    assert!(warning.contains("without the cache"), "{warning}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 2);
 }
 
 /// Eight processes (separate homes: eight "machines") run one cached task with the same
@@ -692,6 +701,13 @@ fn processes_meeting_one_expired_damaged_or_refreshed_entry_compute_it_once() {
             _ => {
                 for blob in files_in(&results.join("v1/blobs")) {
                     std::fs::write(blob, b"damaged").unwrap();
+                }
+                // Small results live in their manifest: damage the bytes there too.
+                for manifest in files_in(&results.join("v1/manifests")) {
+                    let mut meta: weir_cache::EntryMeta =
+                        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+                    meta.inline = meta.inline.map(|b| b.iter().map(|x| x ^ 1).collect());
+                    std::fs::write(&manifest, serde_json::to_vec(&meta).unwrap()).unwrap();
                 }
                 &[]
             }

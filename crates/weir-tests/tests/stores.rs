@@ -147,17 +147,17 @@ async fn the_local_tier_serves_repeated_hits_and_evicts_least_recently_used() {
     let server = S3sServer::start(&["weir"]).unwrap();
     let remote: Arc<dyn ResultStore> = Arc::new(url_store(&server.url("weir", "tier")));
     let local_dir = tempfile::tempdir().unwrap();
-    // Room for about three 1 KiB results.
+    // Room for about three 8 KiB results (stored as blobs: above the inline size).
     let tier = Tiered::new(
         FolderBackend::open(local_dir.path()).unwrap(),
         remote.clone(),
-        3 * 1024 + 512,
+        3 * 8192 + 512,
     );
     let keys: Vec<_> = (0..5).map(|i| store_suite::key("tier", i)).collect();
     for (i, k) in keys.iter().enumerate() {
         // Written by "another machine": straight to the remote store.
         remote
-            .put(store_suite::meta(k), vec![i as u8; 1024], weir_cache::PutMode::IfAbsent)
+            .put(store_suite::meta(k), vec![i as u8; 8192], weir_cache::PutMode::IfAbsent)
             .await
             .unwrap();
     }

@@ -551,6 +551,74 @@ pub(crate) async fn publish<T>(
     }
 }
 
+/// Results being published in the background at most, per process: past this, a task that
+/// finishes waits for a slot before returning (so memory held by pending results stays
+/// bounded: each holds its encoded bytes).
+pub(crate) const PENDING_PUBLISHES: usize = 64;
+static PUBLISH_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PENDING_PUBLISHES);
+
+/// Says so if a background publish never finished (the runtime shut down under it): the
+/// result was computed and returned but is not in the cache.
+struct Unfinished {
+    task: String,
+    done: bool,
+}
+
+impl Unfinished {
+    fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::warn!(target: "weir::cache", "the result of {} was not stored: the process stopped before it was published", self.task);
+        }
+    }
+}
+
+/// Publishes an encoded result off the task's critical path: the task returns at once and
+/// the result is made durable while the flow goes on. `tracker` is the flow run's, so the
+/// flow run ends only after it is published; `lease` (the key's) is held until then, so
+/// another process waiting for the key reads this result instead of computing it. Only for
+/// results whose publish cannot lose to another writer's (a held lease, or a replace):
+/// otherwise the caller must see the winner's value, which only a synchronous publish
+/// knows.
+pub(crate) async fn publish_later(
+    tracker: &tokio_util::task::TaskTracker,
+    store: Arc<dyn ResultStore>,
+    meta: EntryMeta,
+    bytes: Vec<u8>,
+    mode: PutMode,
+    lease: Option<HeldLease>,
+) {
+    // Closed only if the process is going away; then publish inline like before.
+    let Ok(permit) = PUBLISH_SLOTS.acquire().await else {
+        let task = meta.task.clone();
+        if let Err(e) = on_blocking_pool(store, move |s| s.put(meta, bytes, mode)).await {
+            tracing::warn!(target: "weir::cache", "could not store the result of {task} ({e}); it will be recomputed next time");
+        }
+        return;
+    };
+    let guard = Unfinished {
+        task: meta.task.clone(),
+        done: false,
+    };
+    let scope = crate::context::current().unwrap_or_default();
+    let fut = async move {
+        let _permit = permit;
+        if let Err(e) = on_blocking_pool(store, move |s| s.put(meta, bytes, mode)).await {
+            tracing::warn!(target: "weir::cache", "could not store the result of {} ({e}); it will be recomputed next time", guard.task);
+        }
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        guard.finish();
+    };
+    tracker.spawn(crate::context::SCOPE.scope(scope, fut));
+}
+
 /// What to do when a templated result key already has a result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnDuplicate {

@@ -777,6 +777,23 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         }
     }
     let value = match (&parts.codec, publish_plan, &engine.store) {
+        // An in-memory result nobody else can publish first (we hold the key's lease, or
+        // replace): published after the task returns, while its flow goes on (see
+        // `cache::publish_later`). Results holding files are stored before returning: the
+        // caller may move the files, and temporary ones go when their `Artifact` drops.
+        (Some(codec), Some((key, mode)), Some(store))
+            if codec.from_file.is_none()
+                && !lost
+                && (lease.is_some() || mode == PutMode::Replace)
+                && let Some(flow) = &scope.flow
+                && let Ok((bytes, files)) = cache::encode_result(codec, &value, spec.format.for_output::<T>())
+                && files.is_empty() =>
+        {
+            let meta = entry_meta(spec, &scope, run.rec.id, key.to_hex(), codec);
+            let later = cache::publish_later(&flow.submitted, store.clone(), meta, bytes, mode, lease.take());
+            SCOPE.scope(task_scope.clone(), later).await;
+            value
+        }
         (Some(codec), Some((key, mode)), Some(store)) => {
             let meta = entry_meta(spec, &scope, run.rec.id, key.to_hex(), codec);
             let fut = cache::publish(store.clone(), codec, meta, value, spec.format.for_output::<T>(), mode);
@@ -915,6 +932,7 @@ fn entry_meta<T: 'static>(
             .map(|m| m.parts(spec).input_digests())
             .unwrap_or_default(),
         files: Vec::new(),
+        inline: None,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::store::blob::blob_mode;
+use crate::store::blob::BlobData;
 use crate::store::layout::blob_path;
 use crate::store::{EntryMeta, FileLookup, PutMode, Store, StoreError};
 
@@ -29,7 +29,7 @@ impl Store {
                 .map_err(|e| StoreError::Config(format!("cannot read the result file {}: {e}", src.display())))?;
             let hex = blake3::Hash::from_bytes(hash).to_hex().to_string();
             if !hashes.contains(&hex) {
-                self.backend.write_file(&blob_path(&hex), &src, blob_mode(mode)).await?;
+                self.store_blob(&blob_path(&hex), BlobData::File(&src), mode).await?;
             }
             hashes.push(hex);
         }
@@ -49,7 +49,7 @@ impl Store {
             let changed = |p: &Path| format!("blob {} does not match its checksum", p.display());
             let bpath = blob_path(hash);
             match self
-                .fetch_file(one, &bpath, dest_dir, crate::stream::hash_immutable_file, changed)
+                .fetch_file(one, &bpath, dest_dir, crate::stream::hash_file, changed)
                 .await?
             {
                 FileLookup::Hit { path, .. } => out.push(path),
@@ -90,6 +90,7 @@ mod tests {
             code_hash: None,
             inputs: vec![],
             files: Vec::new(),
+            inline: None,
         }
     }
 
@@ -108,7 +109,9 @@ mod tests {
         assert_eq!(files.len(), 2, "one hash per reference, in order");
         let mut m = meta(&key);
         m.files = files.clone();
-        store.put(m, b"[0]".to_vec(), PutMode::IfAbsent).await.unwrap();
+        // Above the inline size, so the result has a blob of its own too.
+        let result = vec![b' '; crate::store::INLINE_MAX + 1];
+        store.put(m, result, PutMode::IfAbsent).await.unwrap();
         let later = i64::MAX / 2;
         let no_grace = GcOptions::default();
         store.gc(no_grace.clone(), later).await.unwrap();
@@ -130,8 +133,11 @@ mod tests {
         store.remove(&key).await.unwrap();
         let report = store.gc(no_grace, later).await.unwrap();
         assert_eq!(report.blobs_removed, 2, "the result's blob and its file's");
+        // Seen from a machine that has no link of its own yet (a link handed out earlier
+        // keeps its verified file, as it should).
+        let elsewhere = tempfile::tempdir().unwrap();
         assert!(matches!(
-            store.get_blobs(&meta, work.path()).await.unwrap(),
+            store.get_blobs(&meta, elsewhere.path()).await.unwrap(),
             StoredFiles::Missing(_)
         ));
     }
