@@ -7,12 +7,11 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde::Serialize;
 use weir_cache::{CacheKey, EntryMeta, GcOptions, OpenOptions, ResultStore};
-use weir_state::StateDb;
 use weir_types::config::{Paths, ResultsConfig};
 use weir_types::time::{format_micros, now_micros};
 use weir_types::{CacheStatus, TaskRunRecord};
 
-use crate::runs::{table, when};
+use crate::runs::{Source, table, when};
 
 #[derive(Subcommand)]
 pub enum CacheCommand {
@@ -113,11 +112,48 @@ fn short_task(path: &str) -> &str {
 }
 
 pub fn run(cmd: CacheCommand) -> anyhow::Result<()> {
+    // Run records are read before entering this runtime: reading them from a server
+    // uses a runtime of its own.
+    let runs = match &cmd {
+        CacheCommand::Stats { .. } => {
+            let remote = weir_types::profile::try_lookup(&Paths::from_env().home, "api_url")?.is_some();
+            let counts = if remote || Paths::from_env().state_db.exists() {
+                Source::open()?.cache_counts()?
+            } else {
+                Vec::new()
+            };
+            Runs::Counts { counts, remote }
+        }
+        CacheCommand::Explain { run, task, .. } => {
+            let source = Source::open()?;
+            let flow_run = source.find(run)?;
+            let task_runs: Vec<TaskRunRecord> = source
+                .task_runs(flow_run.id)?
+                .into_iter()
+                .filter(|t| t.task_name == *task || short_task(&t.task_path) == task)
+                .collect();
+            if task_runs.is_empty() {
+                bail!("flow run {} has no task run of '{task}'", flow_run.id);
+            }
+            Runs::OfTask(task_runs)
+        }
+        _ => Runs::None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(run_async(cmd))
+    rt.block_on(run_async(cmd, runs))
 }
 
-async fn run_async(cmd: CacheCommand) -> anyhow::Result<()> {
+/// What a cache command needs from the run records (this machine's or the server's).
+enum Runs {
+    None,
+    Counts {
+        counts: Vec<(CacheStatus, u64)>,
+        remote: bool,
+    },
+    OfTask(Vec<TaskRunRecord>),
+}
+
+async fn run_async(cmd: CacheCommand, runs: Runs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
         CacheCommand::Ls { task, flow, json } => {
@@ -265,11 +301,8 @@ async fn run_async(cmd: CacheCommand) -> anyhow::Result<()> {
         CacheCommand::Stats { json } => {
             let (store, location) = open_store()?;
             let stats = store.stats(now_micros()).await?;
-            let db_path = Paths::from_env().state_db;
-            let counts = if db_path.exists() {
-                StateDb::open_existing(&db_path)?.cache_counts()?
-            } else {
-                Vec::new()
+            let Runs::Counts { counts, remote } = runs else {
+                bail!("internal: cache stats without run counts")
             };
             let count = |s: CacheStatus| counts.iter().find(|(c, _)| *c == s).map(|(_, n)| *n).unwrap_or(0);
             #[derive(Serialize)]
@@ -309,25 +342,17 @@ async fn run_async(cmd: CacheCommand) -> anyhow::Result<()> {
             };
             writeln!(
                 out,
-                "task runs {} hits, {} misses ({rate:.0}% hit rate), {} refreshed  (recorded on this machine)",
-                s.hits, s.misses, s.refreshes
+                "task runs {} hits, {} misses ({rate:.0}% hit rate), {} refreshed  (recorded {})",
+                s.hits,
+                s.misses,
+                s.refreshes,
+                if remote { "on the server" } else { "on this machine" }
             )?;
         }
-        CacheCommand::Explain { run, task, json } => {
-            let db_path = Paths::from_env().state_db;
-            if !db_path.exists() {
-                bail!("no runs recorded yet: {} does not exist", db_path.display());
-            }
-            let db = StateDb::open_existing(&db_path)?;
-            let flow_run = db.find_flow_run(&run)?;
-            let task_runs: Vec<TaskRunRecord> = db
-                .task_runs(flow_run.id)?
-                .into_iter()
-                .filter(|t| t.task_name == task || short_task(&t.task_path) == task)
-                .collect();
-            if task_runs.is_empty() {
-                bail!("flow run {} has no task run of '{task}'", flow_run.id);
-            }
+        CacheCommand::Explain { json, .. } => {
+            let Runs::OfTask(task_runs) = runs else {
+                bail!("internal: cache explain without task runs")
+            };
             let (store, _) = open_store()?;
             let explanation = explain(store.as_ref(), &task_runs).await?;
             if json {

@@ -39,8 +39,30 @@ enum Command {
     Config(profile::ConfigCommand),
 }
 
+/// Logs to stderr, filtered by `WEIR_LOG` (`info`, `weir_server=debug`, …). The server
+/// logs each request at INFO; other commands default to warnings only.
+fn init_logging(default: &str) {
+    let filter = match std::env::var("WEIR_LOG") {
+        Ok(f) if !f.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&f).unwrap_or_else(|e| {
+            eprintln!("warning: WEIR_LOG='{f}' is not a log filter ({e}); using '{default}'");
+            tracing_subscriber::EnvFilter::new(default)
+        }),
+        _ => tracing_subscriber::EnvFilter::new(default),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(if matches!(cli.command, Command::Server(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let result = match cli.command {
         Command::Runs(cmd) => runs::run(cmd),
         Command::Cache(cmd) => cache::run(cmd),

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use clap::Subcommand;
-use weir_types::config::{Paths, ResultsConfig};
+use weir_types::config::{Paths, ResultsConfig, redact_url};
 use weir_types::profile::{KEYS, Profile, ProfileError, Profiles, Source, check_name, lookup};
 
 use crate::runs::table;
@@ -61,6 +61,17 @@ pub fn run_profile(cmd: ProfileCommand) -> anyhow::Result<()> {
             activate,
         } => {
             check_name(&name)?;
+            for (flag, v) in [
+                ("--api-url", &api_url),
+                ("--api-key", &api_key),
+                ("--results", &results),
+                ("--local-cache", &local_cache),
+                ("--database-url", &database_url),
+            ] {
+                if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                    anyhow::bail!("{flag} is empty: give a value, or leave the flag out");
+                }
+            }
             if profiles.profiles.contains_key(&name) {
                 return Err(ProfileError::Exists(name).into());
             }
@@ -189,10 +200,10 @@ pub fn run_config(cmd: ConfigCommand) -> anyhow::Result<()> {
                 (default, Source::Default)
             }
         };
-        let shown = if *key == "api_key" && !matches!(source, Source::Default) {
-            "********".to_string()
-        } else {
-            value
+        let shown = match *key {
+            "api_key" if !matches!(source, Source::Default) => "********".to_string(),
+            "database_url" | "api_url" | "results" => redact_url(&value),
+            _ => value,
         };
         rows.push((key.to_string(), shown, source.to_string()));
     }

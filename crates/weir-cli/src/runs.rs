@@ -45,17 +45,17 @@ pub enum RunsCommand {
 
 /// Where runs are read from: the server when `WEIR_API_URL` is set, else this machine's
 /// embedded database.
-enum Source {
+pub(crate) enum Source {
     Local(StateDb),
     Remote(weir_client::Client, tokio::runtime::Runtime),
 }
 
 impl Source {
-    fn open() -> anyhow::Result<Source> {
+    pub(crate) fn open() -> anyhow::Result<Source> {
         let home = Paths::from_env().home;
-        match weir_types::profile::lookup(&home, "api_url") {
+        match weir_types::profile::try_lookup(&home, "api_url")? {
             Some((url, _)) => {
-                let key = weir_types::profile::lookup(&home, "api_key").map(|(k, _)| k);
+                let key = weir_types::profile::try_lookup(&home, "api_key")?.map(|(k, _)| k);
                 let client = weir_client::Client::new(&url, key)?;
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 Ok(Source::Remote(client, rt))
@@ -68,21 +68,22 @@ impl Source {
         match self {
             Source::Local(db) => Ok(db.list_flow_runs(filter)?),
             Source::Remote(c, rt) => {
-                let limit = if filter.limit == 0 { 500 } else { filter.limit.min(500) }.to_string();
-                let mut q = vec![("limit", limit.as_str())];
+                let mut q = Vec::new();
                 let state = filter.state.map(|s| s.as_str().to_string());
                 if let Some(s) = &state {
-                    q.push(("state", s));
+                    q.push(("state", s.as_str()));
                 }
                 if let Some(f) = &filter.flow_name {
-                    q.push(("flow", f));
+                    q.push(("flow", f.as_str()));
                 }
-                Ok(rt.block_on(c.flow_runs(&q))?.items)
+                // `--limit 0` means every run: page through them all.
+                let max = (filter.limit > 0).then_some(filter.limit);
+                Ok(rt.block_on(c.all_flow_runs(&q, max))?)
             }
         }
     }
 
-    fn find(&self, wanted: &str) -> anyhow::Result<FlowRunRecord> {
+    pub(crate) fn find(&self, wanted: &str) -> anyhow::Result<FlowRunRecord> {
         match self {
             Source::Local(db) => Ok(db.find_flow_run(wanted)?),
             Source::Remote(c, rt) => {
@@ -97,8 +98,10 @@ impl Source {
                 if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
                     anyhow::bail!("'{wanted}' is not a run id (expected hex digits and dashes)");
                 }
-                let recent = rt.block_on(c.flow_runs(&[("limit", "500")]))?.items;
-                let found: Vec<_> = recent
+                // Every run, not only the newest page: an old run's prefix must resolve too,
+                // and a prefix shared with an old run must be reported as ambiguous.
+                let all = rt.block_on(c.all_flow_runs(&[], None))?;
+                let found: Vec<_> = all
                     .into_iter()
                     .filter(|r| {
                         let s = r.id.0.simple().to_string();
@@ -106,7 +109,7 @@ impl Source {
                     })
                     .collect();
                 match found.len() {
-                    0 => anyhow::bail!("no recent flow run matches '{wanted}' (list runs with `weir runs ls`)"),
+                    0 => anyhow::bail!("no flow run matches '{wanted}' (list runs with `weir runs ls`)"),
                     1 => Ok(found.into_iter().next().context("one run")?),
                     n => anyhow::bail!("'{wanted}' matches {n} flow runs; give more digits"),
                 }
@@ -114,10 +117,22 @@ impl Source {
         }
     }
 
-    fn task_runs(&self, id: weir_types::FlowRunId) -> anyhow::Result<Vec<TaskRunRecord>> {
+    pub(crate) fn task_runs(&self, id: weir_types::FlowRunId) -> anyhow::Result<Vec<TaskRunRecord>> {
         match self {
             Source::Local(db) => Ok(db.task_runs(id)?),
             Source::Remote(c, rt) => Ok(rt.block_on(c.task_runs(id))?),
+        }
+    }
+
+    /// How many task runs had each cache status.
+    pub(crate) fn cache_counts(&self) -> anyhow::Result<Vec<(weir_types::CacheStatus, u64)>> {
+        match self {
+            Source::Local(db) => Ok(db.cache_counts()?),
+            Source::Remote(c, rt) => Ok(rt
+                .block_on(c.cache_counts())?
+                .into_iter()
+                .map(|(s, n)| (weir_types::CacheStatus::parse(&s), n))
+                .collect()),
         }
     }
 
@@ -126,9 +141,7 @@ impl Source {
             Source::Local(db) => Ok(db.subflow_runs(id)?),
             Source::Remote(c, rt) => {
                 let parent = id.to_string();
-                let mut runs = rt
-                    .block_on(c.flow_runs(&[("parent", &parent), ("limit", "500")]))?
-                    .items;
+                let mut runs = rt.block_on(c.all_flow_runs(&[("parent", &parent)], None))?;
                 runs.reverse();
                 Ok(runs)
             }

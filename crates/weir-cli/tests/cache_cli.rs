@@ -57,6 +57,17 @@ fn entry(key: &str, created_at: i64, source: &str, inputs: &[(&str, &str)]) -> E
 
 /// Two entries of one task, and a flow run whose task run missed on the second.
 async fn setup(home: &Path, second_source: &str, second_inputs: &[(&str, &str)]) -> FlowRunId {
+    let (flow, events) = records(home, second_source, second_inputs).await;
+    let writer = Writer::start(&home.join("weir.db")).unwrap();
+    for e in events {
+        writer.send(e);
+    }
+    writer.flush().await.unwrap();
+    flow
+}
+
+/// The store entries of [`setup`], and the run records to report.
+async fn records(home: &Path, second_source: &str, second_inputs: &[(&str, &str)]) -> (FlowRunId, Vec<Event>) {
     let store = Store::new(Arc::new(FolderBackend::open(home.join("results")).unwrap()));
     let (k1, k2) = ("a".repeat(64), "b".repeat(64));
     let now = weir_types::time::now_micros();
@@ -76,9 +87,8 @@ async fn setup(home: &Path, second_source: &str, second_inputs: &[(&str, &str)])
         )
         .await
         .unwrap();
-    let writer = Writer::start(&home.join("weir.db")).unwrap();
     let flow = FlowRunId::new();
-    writer.send(Event::FlowRun(FlowRunRecord {
+    let mut events = vec![Event::FlowRun(FlowRunRecord {
         id: flow,
         flow_name: "etl".into(),
         flow_path: "app::etl".into(),
@@ -93,9 +103,9 @@ async fn setup(home: &Path, second_source: &str, second_inputs: &[(&str, &str)])
         hostname: "h".into(),
         pid: 1,
         tags: vec![],
-    }));
+    })];
     for (status, key) in [(CacheStatus::Hit, k1.clone()), (CacheStatus::Miss, k2.clone())] {
-        writer.send(Event::TaskRun(TaskRunRecord {
+        events.push(Event::TaskRun(TaskRunRecord {
             id: TaskRunId::new(),
             flow_run_id: Some(flow),
             task_name: "load".into(),
@@ -111,8 +121,69 @@ async fn setup(home: &Path, second_source: &str, second_inputs: &[(&str, &str)])
             history: vec![],
         }));
     }
-    writer.flush().await.unwrap();
-    flow
+    (flow, events)
+}
+
+/// With `WEIR_API_URL` set, `cache explain` and `cache stats` read the runs from the server
+/// (this machine has no run database at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_and_stats_read_runs_from_a_server() {
+    use std::io::{BufRead, BufReader};
+    let home = tempfile::tempdir().unwrap();
+    let server_home = tempfile::tempdir().unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["server", "start", "--port", "0"])
+        .env("WEIR_HOME", server_home.path())
+        .env_remove("WEIR_DATABASE_URL")
+        .env_remove("WEIR_API_KEY")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let api = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let (flow, events) = records(home.path(), "s1", &[("day", "2"), ("region", "e")]).await;
+    let client = weir_client::Client::new(&api, None).unwrap();
+    client.post_events(&events).await.unwrap();
+    assert!(!home.path().join("weir.db").exists());
+    let home_path = home.path().to_path_buf();
+    let api_url = api.clone();
+    let remote = move |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .env("WEIR_HOME", &home_path)
+            .env("WEIR_API_URL", &api_url)
+            .env_remove("WEIR_API_KEY")
+            .env_remove("WEIR_RESULTS")
+            .env_remove("WEIR_RESULTS_DIR")
+            .env_remove("WEIR_STATE_DB")
+            .output()
+            .unwrap()
+    };
+    let a = flow.short();
+    let (explained, stats) = tokio::task::spawn_blocking(move || {
+        (
+            stdout(&remote(&["cache", "explain", &a, "load"])),
+            stdout(&remote(&["cache", "stats", "--json"])),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(explained.contains("input `day` changed"), "{explained}");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        (stats["hits"].as_u64(), stats["misses"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
 }
 
 #[tokio::test]

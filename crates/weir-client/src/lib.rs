@@ -75,6 +75,35 @@ pub struct Page<T> {
 #[derive(Debug, Clone, Deserialize)]
 struct LogPage {
     items: Vec<LogRecord>,
+    last_seq: i64,
+}
+
+/// Lines per page when reading a run's logs (the server's largest page).
+const LOG_PAGE: usize = 5000;
+
+/// True when `url` is plain HTTP to a host other than this machine: a key sent there
+/// crosses the network readable by anyone on the path.
+pub fn key_in_clear(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else { return false };
+    if u.scheme() != "http" {
+        return false;
+    }
+    let host = u.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => !host.is_empty() && !host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Once per process: every client of that server would say the same.
+fn warn_key_in_clear(base: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "sending the API key over plain HTTP to {base}: anyone on the network path can read it; \
+             serve TLS (`weir server start --tls-cert … --tls-key …`) and use an https:// URL"
+        );
+    }
 }
 
 /// A connection to one server.
@@ -105,11 +134,11 @@ impl Client {
                 url: base.clone(),
                 source,
             })?;
-        Ok(Client {
-            http,
-            base,
-            key: api_key.filter(|k| !k.is_empty()),
-        })
+        let key = api_key.filter(|k| !k.is_empty());
+        if key.is_some() && key_in_clear(&base) {
+            warn_key_in_clear(&base);
+        }
+        Ok(Client { http, base, key })
     }
 
     pub fn base_url(&self) -> &str {
@@ -202,10 +231,72 @@ impl Client {
         Ok(out)
     }
 
-    /// The log lines of a flow run, oldest first.
+    /// How many task runs had each cache status (`hit`, `miss`, …).
+    pub async fn cache_counts(&self) -> Result<Vec<(String, u64)>, ClientError> {
+        #[derive(Deserialize)]
+        struct Count {
+            cache_status: String,
+            count: u64,
+        }
+        let url = format!("{}/cache_counts", self.base);
+        let counts: Vec<Count> = self.send(self.http.get(&url), &url).await?;
+        Ok(counts.into_iter().map(|c| (c.cache_status, c.count)).collect())
+    }
+
+    /// Every flow run matching `query` (filters as in [`Client::flow_runs`]), newest first,
+    /// through every page; at most `max` when given.
+    pub async fn all_flow_runs(
+        &self,
+        query: &[(&str, &str)],
+        max: Option<usize>,
+    ) -> Result<Vec<FlowRunRecord>, ClientError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let want = max.map(|m| m - out.len()).unwrap_or(500).clamp(1, 500).to_string();
+            let mut q: Vec<(&str, &str)> = query.to_vec();
+            q.push(("limit", &want));
+            if let Some(c) = &cursor {
+                q.push(("cursor", c));
+            }
+            let page = self.flow_runs(&q).await?;
+            out.extend(page.items);
+            match page.next_cursor {
+                Some(c) if max.is_none_or(|m| out.len() < m) => cursor = Some(c),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// The log lines of a flow run, oldest first: every line, page after page.
     pub async fn logs(&self, flow_run: FlowRunId) -> Result<Vec<LogRecord>, ClientError> {
         let url = format!("{}/flow_runs/{flow_run}/logs", self.base);
-        let page: LogPage = self.send(self.http.get(&url).query(&[("limit", "5000")]), &url).await?;
-        Ok(page.items)
+        let mut out = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let q = [("limit", LOG_PAGE.to_string()), ("after", after.to_string())];
+            let page: LogPage = self.send(self.http.get(&url).query(&q), &url).await?;
+            let n = page.items.len();
+            out.extend(page.items);
+            if n < LOG_PAGE || page.last_seq <= after {
+                return Ok(out);
+            }
+            after = page.last_seq;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_in_clear;
+
+    #[test]
+    fn a_key_is_in_clear_only_over_plain_http_to_another_host() {
+        assert!(key_in_clear("http://10.0.0.5:4200/api/v1"));
+        assert!(key_in_clear("http://weir.example.com/api/v1"));
+        assert!(!key_in_clear("https://weir.example.com/api/v1"));
+        assert!(!key_in_clear("http://127.0.0.1:4200/api/v1"));
+        assert!(!key_in_clear("http://[::1]:4200/api/v1"));
+        assert!(!key_in_clear("http://localhost:4200/api/v1"));
     }
 }

@@ -1,9 +1,12 @@
-//! API errors: `{"error": {"code", "message", "field"}}` with the right status.
+//! API errors: `{"error": {"code", "message", "field"}}` with the right status, and
+//! how database errors become them.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use crate::db::DbError;
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -18,10 +21,12 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("missing or wrong API key (send `Authorization: Bearer <key>`)")]
     Unauthorized,
-    #[error("the database is unavailable: {0}")]
-    Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// The database is unreachable; the detail went to the server's log under `id`.
+    #[error("the database is unavailable (error id {id}; the server's log has the details)")]
+    Unavailable { id: String },
+    /// A server-side failure; the detail went to the server's log under `id`.
+    #[error("internal error (error id {id}; the server's log has the details)")]
+    Internal { id: String },
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -37,6 +42,9 @@ pub struct ErrorDetail {
     /// The offending field of the request, for `invalid`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For `unavailable` and `internal`: find the details in the server's log by this id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_id: Option<String>,
 }
 
 impl ApiError {
@@ -54,23 +62,44 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
 
+/// A short id that ties a client's error answer to the server's log line.
+fn error_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()[20..].to_string()
+}
+
 impl From<sqlx::Error> for ApiError {
+    /// Database text (SQL, table names, hosts, credentials in a URL) stays in the server's
+    /// log; the client gets a generic message and the id to find it.
     fn from(e: sqlx::Error) -> ApiError {
-        match &e {
+        let id = error_id();
+        let unavailable = match &e {
             // The database went away (restart, network): the client may retry later.
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-                ApiError::Unavailable(e.to_string())
-            }
-            sqlx::Error::Database(db) if db.message().contains("terminating connection") => {
-                ApiError::Unavailable(e.to_string())
-            }
-            _ => ApiError::Internal(e.to_string()),
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db) => db.message().contains("terminating connection"),
+            _ => false,
+        };
+        if unavailable {
+            tracing::warn!(error_id = %id, "database unavailable: {e}");
+            ApiError::Unavailable { id }
+        } else {
+            tracing::error!(error_id = %id, "database error: {e}");
+            ApiError::Internal { id }
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> ApiError {
+        match e {
+            DbError::NotFound(m) => ApiError::NotFound(m),
+            DbError::Invalid { message, field } => ApiError::invalid(message, Some(field.to_string())),
+            DbError::Sqlx(e) => e.into(),
         }
     }
 }
@@ -78,11 +107,12 @@ impl From<sqlx::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
-        if status.is_server_error() {
-            tracing::warn!("{self}");
-        }
         let field = match &self {
             ApiError::Invalid { field, .. } => field.clone(),
+            _ => None,
+        };
+        let error_id = match &self {
+            ApiError::Unavailable { id } | ApiError::Internal { id } => Some(id.clone()),
             _ => None,
         };
         let body = ErrorBody {
@@ -90,6 +120,7 @@ impl IntoResponse for ApiError {
                 code,
                 message: self.to_string(),
                 field,
+                error_id,
             },
         };
         (status, Json(body)).into_response()

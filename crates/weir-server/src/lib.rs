@@ -4,20 +4,27 @@
 //! - [`db`]: the database, one set of queries for both engines;
 //! - [`api`]: the `/api/v1` handlers and the OpenAPI document generated from them;
 //! - [`error`] and [`json`]: JSON errors and strict, size-limited request bodies;
-//! - [`serve`]: binds, applies the API key rule, and runs.
+//! - `auth`: the API key check;
+//! - [`serve`]: binds, applies the API key rule, serves (TLS when given a certificate), and
+//!   drains requests in flight on SIGTERM.
 
 pub mod api;
+mod auth;
 pub mod db;
 pub mod error;
 pub mod json;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use tokio::net::TcpListener;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 use utoipa::OpenApi;
 
 pub use db::Db;
@@ -30,13 +37,26 @@ pub use error::ApiError;
 ))]
 struct ApiDoc;
 
-/// How to run the server.
+/// How long a stopping server waits for requests in flight before closing their
+/// connections. Log followers (`follow=…`) are answered at once when the server stops.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// A PEM certificate chain and its private key, for serving HTTPS.
 #[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How to run the server.
+#[derive(Clone, Debug, Default)]
 pub struct ServerConfig {
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
-    /// Every request must carry `Authorization: Bearer <key>` when set.
+    /// Every request must carry `Authorization: Bearer <key>` when set. Never empty.
     pub api_key: Option<String>,
+    /// Serve HTTPS with this certificate instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Why the server would not start.
@@ -46,33 +66,22 @@ pub enum StartError {
         "refusing to listen on {0} without an API key: set WEIR_API_KEY, or pass --insecure if this network is trusted"
     )]
     Insecure(SocketAddr),
+    #[error("the API key is empty: give a real key, or none (on loopback only)")]
+    EmptyKey,
+    #[error("cannot use the TLS certificate {} and key {}: {message}", .files.cert.display(), .files.key.display())]
+    Tls { files: TlsFiles, message: String },
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-async fn require_key(State(key): State<Option<String>>, req: Request, next: Next) -> Response {
-    if let Some(key) = key {
-        let given = req
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq::constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            return ApiError::Unauthorized.into_response();
-        }
-    }
-    next.run(req).await
-}
-
 /// The whole application: `/api/v1/…` and `/api/v1/openapi.json`.
 pub fn app(db: Db, api_key: Option<String>) -> Router {
-    let state = api::AppState {
-        db,
-        new_logs: Default::default(),
-    };
+    app_with(api::AppState::new(db), api_key)
+}
+
+fn app_with(state: api::AppState, api_key: Option<String>) -> Router {
     let (api, mut doc) = api::routes().split_for_parts();
     let mut openapi = ApiDoc::openapi();
     openapi.paths = std::mem::take(&mut doc.paths);
@@ -88,35 +97,129 @@ pub fn app(db: Db, api_key: Option<String>) -> Router {
             }),
         )
         .with_state(state)
-        .layer(middleware::from_fn_with_state(api_key, require_key))
+        .layer(middleware::from_fn_with_state(api_key, auth::require_key))
         // The handlers check the limit themselves (413 with a JSON body); this only stops
         // axum from buffering more than that.
         .layer(DefaultBodyLimit::max(json::BODY_LIMIT + 1));
     Router::new()
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::NotFound("no such endpoint (the API is under /api/v1)".into()) })
+        // One line per request (method, path, status, latency) at INFO; 5xx at ERROR; its
+        // start at DEBUG.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                .on_failure(DefaultOnFailure::new().level(Level::ERROR)),
+        )
 }
 
-/// Connects, migrates, binds and serves until the process is stopped. `ready` receives the
-/// bound address (useful with port 0).
+/// Connects, migrates, binds and serves until SIGTERM or Ctrl-C, then drains (see
+/// [`DRAIN_LIMIT`]). `ready` receives the bound address (useful with port 0).
 pub async fn serve(
     cfg: ServerConfig,
     addr: SocketAddr,
     insecure: bool,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
+    serve_until(cfg, addr, insecure, ready, stop_signal()).await
+}
+
+/// SIGTERM (what service managers send) or Ctrl-C.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn load_tls(files: &TlsFiles) -> Result<axum_server::tls_rustls::RustlsConfig, StartError> {
+    // Two rustls crypto providers are linked into this binary (ring and aws-lc-rs, through
+    // different dependencies): rustls picks none by itself then, so name one. Another part
+    // of the process may have installed one already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+        .await
+        .map_err(|e| StartError::Tls {
+            files: files.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// [`serve`], stopping when `stop` completes instead of on a signal.
+pub async fn serve_until(
+    cfg: ServerConfig,
+    addr: SocketAddr,
+    insecure: bool,
+    ready: impl FnOnce(SocketAddr),
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    if cfg.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        return Err(StartError::EmptyKey);
+    }
     if !addr.ip().is_loopback() && cfg.api_key.is_none() && !insecure {
         return Err(StartError::Insecure(addr));
     }
+    let tls = match &cfg.tls {
+        Some(files) => Some(load_tls(files).await?),
+        None => None,
+    };
     let db = Db::connect(&cfg.database_url).await?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let bind_err = |source| StartError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
+    let state = api::AppState::new(db);
+    let stopping = Arc::clone(&state.stopping);
+    let app = app_with(state, cfg.api_key).into_make_service();
+    let handle = axum_server::Handle::new();
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            stop.await;
+            tracing::info!(
+                "stopping: no new connections; waiting up to {} s for requests in flight",
+                DRAIN_LIMIT.as_secs()
+            );
+            stopping.stop();
+            handle.graceful_shutdown(Some(DRAIN_LIMIT));
+        });
+    }
     ready(bound);
-    axum::serve(listener, app(db, cfg.api_key))
-        .await
-        .map_err(|source| StartError::Bind { addr: bound, source })
+    let served = match tls {
+        None => {
+            axum_server::from_tcp(listener)
+                .map_err(bind_err)?
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+        Some(tls) => {
+            axum_server::from_tcp_rustls(listener, tls)
+                .map_err(bind_err)?
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+    };
+    served.map_err(|source| StartError::Bind { addr: bound, source })?;
+    tracing::info!("stopped");
+    Ok(())
 }

@@ -49,6 +49,46 @@ async fn get(c: &reqwest::Client, url: String) -> (StatusCode, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Bad query parameters get the same JSON 422 as bad bodies, naming the field as sent.
+async fn query_errors(base: &str) {
+    let c = reqwest::Client::new();
+    let f = FlowRunId::new();
+    post(&c, format!("{base}/flow_runs"), flow(f, "q", "Running", 1, &[])).await;
+    for (url, field) in [
+        ("/flow_runs?limit=abc", "limit"),
+        ("/flow_runs?created_after=x", "created_after"),
+        ("/flow_runs?bogus=1", "bogus"),
+        ("/flow_runs?limit=0", "limit"),
+        ("/flow_runs?limit=501", "limit"),
+        ("/flow_runs?limit=-1", "limit"),
+        ("/flow_runs?parent=nope", "parent"),
+        ("/task_runs?flow_run_id=nope", "flow_run_id"),
+        ("/task_runs?limit=1001", "limit"),
+        ("/flow_runs/nope", "id"),
+        ("/task_runs/nope", "id"),
+        (&format!("/flow_runs/{f}/logs?follow=61"), "follow"),
+        (&format!("/flow_runs/{f}/logs?after=-1"), "after"),
+        (&format!("/flow_runs/{f}/logs?limit=x"), "limit"),
+        ("/flows?limit=0", "limit"),
+        ("/variables?cursor=a&extra=1", "extra"),
+    ] {
+        let r = c.get(format!("{base}{url}")).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {text}");
+        let e: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: not JSON: {text}"));
+        assert_eq!(e["error"]["code"], "invalid", "{url}: {e}");
+        assert_eq!(e["error"]["field"], field, "{url}: {e}");
+    }
+    let nul = flow(FlowRunId::new(), "bad\u{0}name", "Running", 3, &[]);
+    let (s, e) = post(&c, format!("{base}/flow_runs"), nul).await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("flow_name")),
+        "{e}"
+    );
+}
+
 async fn suite(base: &str) {
     let c = reqwest::Client::new();
     let f = FlowRunId::new();
@@ -375,6 +415,7 @@ async fn refuses_a_public_address_without_a_key() {
     let cfg = weir_server::ServerConfig {
         database_url: "sqlite::memory:".into(),
         api_key: None,
+        tls: None,
     };
     let err = weir_server::serve(cfg, "0.0.0.0:0".parse().unwrap(), false, |_| {})
         .await
@@ -426,4 +467,291 @@ async fn postgres_going_away_gives_503_and_the_server_recovers_by_itself() {
         assert!(std::time::Instant::now() < deadline, "the server did not recover");
         tokio::task::yield_now().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_key_opens_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = weir_server::ServerConfig {
+        database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
+        api_key: Some(String::new()),
+        tls: None,
+    };
+    let served = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        weir_server::serve(cfg, "0.0.0.0:0".parse().unwrap(), false, |_| {}),
+    )
+    .await
+    .expect("serve should refuse at once, not run");
+    let err = served.unwrap_err();
+    assert!(err.to_string().contains("API key is empty"), "{err}");
+    // An app built with an empty key anyway fails closed.
+    let base = start(&format!("sqlite://{}", dir.path().join("s.db").display()), Some("")).await;
+    let c = reqwest::Client::new();
+    for auth in [None, Some("Bearer "), Some("Bearer x")] {
+        let mut r = c.get(format!("{base}/flows"));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        assert_eq!(r.send().await.unwrap().status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+    }
+}
+
+/// A database failure reaches the client as a generic message with an error id; the
+/// database's own text (table names, SQL) does not.
+async fn database_errors_are_not_sent(url: &str) {
+    let db = weir_server::Db::connect(url).await.unwrap();
+    let app = weir_server::app(db.clone(), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    sqlx::query("DROP TABLE variables").execute(&db.pool).await.unwrap();
+    let c = reqwest::Client::new();
+    let (s, e) = get(&c, format!("{base}/variables")).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{e}");
+    assert_eq!(e["error"]["code"], "internal");
+    let id = e["error"]["error_id"].as_str().expect("an error id");
+    assert!(id.len() >= 8, "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains(id), "{e}");
+    for leak in ["variables", "table", "relation", "SELECT", "sqlx", "database error"] {
+        assert!(!message.contains(leak), "'{leak}' leaked: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_are_not_sent_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    database_errors_are_not_sent(&format!("sqlite://{}", dir.path().join("s.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_are_not_sent_on_postgres() {
+    let Some(pg) = Pg::start() else { return };
+    database_errors_are_not_sent(&pg.url()).await;
+}
+
+/// `serve` with a certificate speaks HTTPS to a client that trusts it, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_tls_when_given_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let cfg = weir_server::ServerConfig {
+        database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
+        api_key: Some("k3y".into()),
+        tls: Some(weir_server::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(weir_server::serve_until(
+        cfg,
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        move |addr| tx.send(addr).unwrap(),
+        std::future::pending(),
+    ));
+    let addr = rx.await.unwrap();
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = trusting
+        .get(format!("https://127.0.0.1:{}/api/v1/flows", addr.port()))
+        .bearer_auth("k3y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Plain HTTP gets no answer, and a client that does not trust the certificate refuses.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/api/v1/flows", addr.port()))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    let untrusting = reqwest::Client::new()
+        .get(format!("https://127.0.0.1:{}/api/v1/flows", addr.port()))
+        .send()
+        .await;
+    assert!(untrusting.is_err(), "{untrusting:?}");
+
+    // A key file that is not a key is a clear start error.
+    std::fs::write(&key, "not a key").unwrap();
+    let cfg = weir_server::ServerConfig {
+        database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
+        api_key: None,
+        tls: Some(weir_server::TlsFiles { cert, key }),
+    };
+    let err = weir_server::serve(cfg, "127.0.0.1:0".parse().unwrap(), false, |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot use the TLS certificate"), "{err}");
+}
+
+fn codes(r: &Value) -> Vec<(u64, String)> {
+    r["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["index"].as_u64().unwrap(), x["code"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// A run only moves forward; a final state is kept, its error and end time too; states
+/// and log lines of unknown runs are refused like snapshots.
+async fn orchestration(base: &str) {
+    let c = reqwest::Client::new();
+    let f = FlowRunId::new();
+    let mut failed = flow(f, "rules", "Failed", 10, &[]);
+    failed["error"] = json!("boom");
+    failed["ended_at"] = json!(100);
+    let (s, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [
+            {"kind": "flow_run", "record": flow(f, "rules", "Running", 10, &[])},
+            {"kind": "flow_run", "record": failed.clone()},
+        ]}),
+    )
+    .await;
+    assert_eq!((s, codes(&r)), (StatusCode::OK, vec![]), "{r}");
+
+    // The same final state again, with another error and end time: a true no-op.
+    let mut again = failed.clone();
+    again["error"] = json!("a different story");
+    again["ended_at"] = json!(200);
+    let state_again = json!({"kind": "state", "record": {"flow_run_id": f, "task_run_id": null, "state": "Failed", "at": 300, "message": "x"}});
+    let (_, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [{"kind": "flow_run", "record": again}, state_again]}),
+    )
+    .await;
+    assert_eq!((r["accepted"].as_u64(), codes(&r)), (Some(2), vec![]), "{r}");
+    let (s, _) = post(
+        &c,
+        format!("{base}/flow_runs/{f}/state"),
+        json!({"state": "Failed", "message": "by hand"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, run) = get(&c, format!("{base}/flow_runs/{f}")).await;
+    assert_eq!(
+        (run["error"].as_str(), run["ended_at"].as_i64()),
+        (Some("boom"), Some(100)),
+        "{run}"
+    );
+    let (_, states) = get(&c, format!("{base}/flow_runs/{f}/states")).await;
+    let failed_rows = states
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "Failed")
+        .count();
+    assert_eq!(failed_rows, 1, "{states}");
+
+    // A state contradicting the final one, and states and lines of unknown runs: refused.
+    let ghost = FlowRunId::new();
+    let (_, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [
+            {"kind": "state", "record": {"flow_run_id": f, "task_run_id": null, "state": "Running", "at": 400, "message": null}},
+            {"kind": "state", "record": {"flow_run_id": ghost, "task_run_id": null, "state": "Running", "at": 1, "message": null}},
+            {"kind": "log", "record": {"flow_run_id": ghost, "task_run_id": null, "at": 1, "level": "INFO", "target": "app", "message": "hi"}},
+            {"kind": "log", "record": {"flow_run_id": f, "task_run_id": null, "at": 2, "level": "INFO", "target": "app", "message": "kept"}},
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        codes(&r),
+        vec![(0, "conflict".into()), (1, "not_found".into()), (2, "not_found".into())],
+        "{r}"
+    );
+    let (_, states) = get(&c, format!("{base}/flow_runs/{f}/states")).await;
+    assert!(
+        states
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] != "Running" || s["at"] != 400),
+        "{states}"
+    );
+    let (s, _) = get(&c, format!("{base}/flow_runs/{ghost}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing was made up for the unknown run");
+    let (_, logs) = get(&c, format!("{base}/flow_runs/{f}/logs")).await;
+    assert_eq!(logs["items"][0]["message"], "kept");
+
+    // A late non-final snapshot never moves a run backwards.
+    let g = FlowRunId::new();
+    let t = TaskRunId::new();
+    let mut retrying = task(t, g, "Retrying");
+    retrying["attempt"] = json!(1);
+    let mut late_running = task(t, g, "Running");
+    late_running["attempt"] = json!(1);
+    let mut second = task(t, g, "Running");
+    second["attempt"] = json!(2);
+    let (_, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [
+            {"kind": "flow_run", "record": flow(g, "rules", "Running", 20, &[])},
+            {"kind": "task_run", "record": retrying},
+            {"kind": "flow_run", "record": flow(g, "rules", "Pending", 20, &[])},
+            {"kind": "task_run", "record": late_running},
+        ]}),
+    )
+    .await;
+    assert_eq!(codes(&r), vec![(2, "stale".into()), (3, "stale".into())], "{r}");
+    let (_, run) = get(&c, format!("{base}/flow_runs/{g}")).await;
+    assert_eq!(run["state"], "Running");
+    let (_, tr) = get(&c, format!("{base}/task_runs/{t}")).await;
+    assert_eq!(tr["state"], "Retrying");
+    // The same in a later request, and the next attempt does move it on.
+    let (_, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [
+            {"kind": "flow_run", "record": flow(g, "rules", "Pending", 20, &[])},
+            {"kind": "task_run", "record": second},
+        ]}),
+    )
+    .await;
+    assert_eq!(codes(&r), vec![(0, "stale".into())], "{r}");
+    let (_, tr) = get(&c, format!("{base}/task_runs/{t}")).await;
+    assert_eq!(
+        (tr["state"].as_str(), tr["attempt"].as_u64()),
+        (Some("Running"), Some(2))
+    );
+    let (s, e) = post(&c, format!("{base}/flow_runs/{g}/state"), json!({"state": "Pending"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestration_rules_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    orchestration(&start(&format!("sqlite://{}", dir.path().join("s.db").display()), None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestration_rules_on_postgres() {
+    let Some(pg) = Pg::start() else { return };
+    orchestration(&start(&pg.url(), None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_errors_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    query_errors(&start(&format!("sqlite://{}", dir.path().join("s.db").display()), None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_errors_on_postgres() {
+    let Some(pg) = Pg::start() else { return };
+    query_errors(&start(&pg.url(), None).await).await;
 }

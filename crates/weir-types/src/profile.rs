@@ -77,6 +77,8 @@ pub enum ProfileError {
     Exists(String),
     #[error("'{0}' is not a profile name (letters, digits, '-' and '_')")]
     BadName(String),
+    #[error("the API key from {0} is empty: give a real key, or remove the setting to run without one")]
+    EmptyKey(Source),
 }
 
 impl Profiles {
@@ -101,8 +103,11 @@ impl Profiles {
         }
     }
 
-    /// Writes the file atomically (temp file, then rename).
+    /// Writes the file atomically (temp file, then rename), readable by its owner only: it
+    /// holds API keys and database passwords. The temp file is created with mode 0600, so
+    /// the keys are never readable by others, not even for a moment.
     pub fn save(&self, home: &Path) -> Result<(), ProfileError> {
+        use std::io::Write;
         let path = Self::path(home);
         let werr = |e: &dyn fmt::Display| ProfileError::Write {
             path: path.clone(),
@@ -111,7 +116,19 @@ impl Profiles {
         std::fs::create_dir_all(home).map_err(|e| werr(&e))?;
         let text = toml::to_string_pretty(self).map_err(|e| werr(&e))?;
         let tmp = home.join(".profiles.toml.tmp");
-        std::fs::write(&tmp, text).map_err(|e| werr(&e))?;
+        // A leftover temp file would keep its old mode through `create`: start afresh.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(werr(&e)),
+            _ => {}
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp).map_err(|e| werr(&e))?;
+        f.write_all(text.as_bytes()).map_err(|e| werr(&e))?;
+        f.sync_all().map_err(|e| werr(&e))?;
+        drop(f);
         std::fs::rename(&tmp, &path).map_err(|e| werr(&e))
     }
 
@@ -174,7 +191,10 @@ impl fmt::Display for Source {
 }
 
 /// A profile setting (`api_url`, `results`, …): the environment first, then the active
-/// profile. `None` means the default applies.
+/// profile. `None` means the default applies. Lenient: an unreadable profiles file or an
+/// unknown active profile contributes nothing (flows keep running; `weir config show`
+/// reports the problem). Commands that must not start with a wrong setting — the server
+/// without its key — use [`try_lookup`].
 pub fn lookup(home: &Path, key: &str) -> Option<(String, Source)> {
     let env = KEYS.iter().find(|(k, _)| *k == key).map(|(_, e)| *e)?;
     if let Ok(v) = std::env::var(env)
@@ -182,11 +202,32 @@ pub fn lookup(home: &Path, key: &str) -> Option<(String, Source)> {
     {
         return Some((v, Source::Env(env)));
     }
-    // An unreadable profiles file or an unknown active profile is reported by
-    // `weir config show` and `weir profile`; here it simply contributes nothing.
     let profiles = Profiles::load(home).ok()?;
     let (name, p) = profiles.active_profile().ok()??;
     p.get(key).map(|v| (v.to_string(), Source::Profile(name)))
+}
+
+/// [`lookup`], strict: a malformed profiles file, an unknown `WEIR_PROFILE` or active
+/// profile, and an empty API key (from the environment or a profile) are errors that say
+/// where they came from. An empty variable other than `WEIR_API_KEY` means unset.
+pub fn try_lookup(home: &Path, key: &str) -> Result<Option<(String, Source)>, ProfileError> {
+    let Some(env) = KEYS.iter().find(|(k, _)| *k == key).map(|(_, e)| *e) else {
+        return Ok(None);
+    };
+    // Always read the file: a broken one is reported even when the environment decides.
+    let profiles = Profiles::load(home)?;
+    let active = profiles.active_profile()?;
+    let found = match std::env::var(env) {
+        Ok(v) if !v.trim().is_empty() || key == "api_key" => Some((v, Source::Env(env))),
+        _ => active.and_then(|(name, p)| p.get(key).map(|v| (v.to_string(), Source::Profile(name)))),
+    };
+    if key == "api_key"
+        && let Some((v, source)) = &found
+        && v.trim().is_empty()
+    {
+        return Err(ProfileError::EmptyKey(source.clone()));
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

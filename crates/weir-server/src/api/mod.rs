@@ -1,0 +1,85 @@
+//! The REST API under `/api/v1`, with its OpenAPI document generated from these handlers.
+//!
+//! One module per resource, each owning its routes, request and response types and
+//! handlers: [`events`], [`flow_runs`], [`task_runs`], [`logs`], [`flows`], [`variables`];
+//! [`params`] holds what they share for reading query and path parameters.
+
+pub mod events;
+pub mod flow_runs;
+pub mod flows;
+pub mod logs;
+pub mod params;
+pub mod task_runs;
+pub mod variables;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::db::Db;
+
+pub use events::{BatchResult, EventBatch, Rejection};
+pub use flow_runs::{FlowRunPage, FlowRunQuery, StateProposal};
+pub use flows::{Flow, FlowPage};
+pub use logs::{LogLine, LogPage, LogQuery};
+pub use params::NamePageQuery;
+pub use task_runs::{TaskRunPage, TaskRunQuery};
+pub use variables::{Variable, VariablePage, VariableValue};
+pub use weir_types::Event;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    /// Woken when log lines arrive, for `follow`.
+    pub new_logs: Arc<Notify>,
+    /// Set when the server stops, so log followers answer at once instead of holding the
+    /// drain open.
+    pub stopping: Arc<Stopping>,
+}
+
+impl AppState {
+    pub fn new(db: Db) -> AppState {
+        AppState {
+            db,
+            new_logs: Default::default(),
+            stopping: Default::default(),
+        }
+    }
+}
+
+/// A one-way "the server is stopping" flag that can be awaited.
+#[derive(Default)]
+pub struct Stopping {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Stopping {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Completes once [`Stopping::stop`] was called (before or after this call).
+    pub async fn wait(&self) {
+        let notified = self.notify.notified();
+        if self.flag.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// The API's routes and its OpenAPI description, built from the same handlers.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(events::routes())
+        .merge(flow_runs::routes())
+        .merge(logs::routes())
+        .merge(task_runs::routes())
+        .merge(flows::routes())
+        .merge(variables::routes())
+}
