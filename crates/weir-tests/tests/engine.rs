@@ -421,6 +421,36 @@ async fn subflows_are_linked_runs_and_task_logs_are_recorded_with_their_task_run
     assert!(line.message.contains(&format!("word={word}")), "{}", line.message);
 }
 
+#[weir::task]
+async fn weirdata_logger(word: String) -> anyhow::Result<()> {
+    // A user crate whose name merely starts with "weir" (a crate called `weirdata`).
+    tracing::info!(target: "weirdata::loader", "loaded {word}");
+    tracing::info!(target: "weir_datasets", "indexed {word}");
+    Ok(())
+}
+
+#[weir::flow]
+async fn weirdata_flow(word: String) -> anyhow::Result<()> {
+    Ok(weirdata_logger(word).await?)
+}
+
+#[tokio::test]
+async fn info_lines_of_user_crates_named_like_weir_are_recorded() {
+    env();
+    let word = format!("w{}", unique());
+    let (result, report) = weirdata_flow(word.clone()).with_report().await;
+    result.unwrap();
+    let logs = db().logs(report.flow_run_id).unwrap();
+    let mine: Vec<&str> = logs
+        .iter()
+        .filter(|l| l.message.contains(&word))
+        .map(|l| l.target.as_str())
+        .collect();
+    assert_eq!(mine, vec!["weirdata::loader", "weir_datasets"], "{logs:?}");
+    // weir's own INFO chatter (task and flow states) is still not recorded as log lines.
+    assert!(logs.iter().all(|l| l.target != "weir::task"), "{logs:?}");
+}
+
 #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 struct Region {
     name: String,
