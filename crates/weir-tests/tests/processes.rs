@@ -376,3 +376,35 @@ fn a_large_file_result_goes_to_s3_in_parts_and_comes_back_through_the_local_tier
     assert_eq!(local.len(), 1, "{local:?}");
     assert_eq!(std::fs::metadata(&local[0]).unwrap().len(), size);
 }
+
+#[test]
+fn a_flow_outside_a_tokio_runtime_is_a_clear_error_in_a_terminal_and_out_of_one() {
+    let home = tempfile::tempdir().unwrap();
+    // Not a terminal: plain log lines.
+    let plain = ok(probe(home.path()).arg("no-runtime").output().unwrap());
+    assert!(plain.contains("error:") && plain.contains("tokio runtime"), "{plain}");
+
+    // A terminal (`script` from util-linux makes a pseudo-terminal): the live progress line
+    // would start here, and must not panic for want of a runtime.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping the terminal half: no `script` command to make a terminal");
+        return;
+    }
+    let cmd = format!("{} no-runtime", env!("CARGO_BIN_EXE_cache_probe"));
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("WEIR_HOME", home.path())
+        .env("WEIR_LOG", "warn")
+        .env_remove("WEIR_RESULTS_DIR")
+        .env_remove("WEIR_STATE_DB")
+        .env_remove("WEIR_PROGRESS")
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("error:") && screen.contains("tokio runtime") && !screen.contains("panicked"),
+        "{screen}"
+    );
+}

@@ -232,6 +232,13 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
 
     let outcome: Result<anyhow::Result<T>, (State, String)> = match parts.params {
         Err(e) => Err((State::Failed, format!("invalid parameters: {e}"))),
+        // A root flow's body runs as a spawned task (awaiting many small tasks from inside
+        // the runtime is far cheaper than from the thread that called block_on), so it needs
+        // a runtime; checked before anything (the progress line) would need one.
+        Ok(_) if is_root && tokio::runtime::Handle::try_current().is_err() => Err((
+            State::Crashed,
+            "weir flows run inside a tokio runtime (use #[tokio::main])".to_string(),
+        )),
         Ok(_) => {
             run.set(State::Running, None);
             let progress = if is_root {
@@ -241,28 +248,19 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
             };
             SCOPE.sync_scope(scope.clone(), || tracing::info!(target: "weir::flow", "Running"));
             let body = SCOPE.scope(scope.clone(), AssertUnwindSafe(parts.body).catch_unwind());
-            let result = if is_root {
-                // A root flow's body runs as a spawned task: awaiting many small tasks from
-                // inside the runtime is far cheaper than from the thread that called block_on.
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        let mut handle = AbortOnDrop(rt.spawn(body));
-                        match (&mut handle.0).await {
-                            Ok(Ok(r)) => Ok(r),
-                            Ok(Err(panic)) => Err((State::Crashed, format!("panicked: {}", panic_message(&panic)))),
-                            Err(e) => Err((State::Crashed, e.to_string())),
-                        }
+            let result = match tokio::runtime::Handle::try_current() {
+                Ok(rt) if is_root => {
+                    let mut handle = AbortOnDrop(rt.spawn(body));
+                    match (&mut handle.0).await {
+                        Ok(Ok(r)) => Ok(r),
+                        Ok(Err(panic)) => Err((State::Crashed, format!("panicked: {}", panic_message(&panic)))),
+                        Err(e) => Err((State::Crashed, e.to_string())),
                     }
-                    Err(_) => Err((
-                        State::Crashed,
-                        "weir flows run inside a tokio runtime (use #[tokio::main])".to_string(),
-                    )),
                 }
-            } else {
-                match body.await {
+                _ => match body.await {
                     Ok(r) => Ok(r),
                     Err(panic) => Err((State::Crashed, format!("panicked: {}", panic_message(&panic)))),
-                }
+                },
             };
             // Tasks submitted and never awaited still belong to this run.
             ctx.submitted.close();

@@ -156,7 +156,19 @@ async fn main() -> anyhow::Result<()> {
             let len = probe_big(bytes.parse()?).await?;
             println!("{len}");
         }
-        _ => bail!("usage: cache_probe key forward|reverse | run N | big BYTES"),
+        ["no-runtime"] => {
+            // A flow awaited on a thread with no tokio runtime (a common first mistake).
+            let outcome = std::thread::spawn(|| futures::executor::block_on(probe(1))).join();
+            match outcome {
+                Ok(Ok(_)) => println!("ran"),
+                Ok(Err(e)) => {
+                    let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+                    println!("error: {e}: {why}");
+                }
+                Err(_) => println!("panicked"),
+            }
+        }
+        _ => bail!("usage: cache_probe key forward|reverse | run N | big BYTES | no-runtime"),
     }
     Ok(())
 }
