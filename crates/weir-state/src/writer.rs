@@ -29,6 +29,9 @@ pub struct Writer {
     tx: mpsc::Sender<Msg>,
 }
 
+/// This process's start time (see [`crate::process_start_time`]), read once.
+static OWN_START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
 /// At most this many events per transaction, so a flush never waits behind a huge batch.
 const MAX_BATCH: usize = 8192;
 
@@ -126,8 +129,8 @@ fn write_events(
 ) -> Result<(), StateError> {
     let mut flow_stmt = tx.prepare_cached(
         "INSERT INTO flow_runs (id, flow_name, flow_path, parent_flow_run_id, parent_task_run_id, state,
-             parameters, created_at, started_at, ended_at, error, hostname, pid, tags)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+             parameters, created_at, started_at, ended_at, error, hostname, pid, tags, pid_start)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
              ended_at = excluded.ended_at, error = excluded.error",
     )?;
@@ -167,6 +170,12 @@ fn write_events(
                     r.hostname,
                     r.pid,
                     serde_json::to_string(&r.tags).map_err(|e| StateError::Malformed(e.to_string()))?,
+                    // The writer runs in the process it records, so it knows that process's
+                    // start time (crash detection tells a reused pid by it).
+                    (r.pid == std::process::id())
+                        .then(|| *OWN_START.get_or_init(|| crate::crash::process_start_time(r.pid)))
+                        .flatten()
+                        .map(|t| t as i64),
                 ])?;
             }
             Event::TaskRun(r) => {
