@@ -16,4 +16,4 @@ mod writer;
 pub use crash::{process_alive, process_start_time};
 pub use db::{StateDb, StateError};
 pub use read::{FlowRunFilter, RunLookupError};
-pub use writer::{Event, FlushError, Writer};
+pub use writer::{Event, FlushError, Writer, WriterOptions};

@@ -141,6 +141,7 @@ impl<T: Send + 'static> Future for FlowCall<T> {
 /// Records a flow run's states; a run dropped before it finished is recorded as cancelled.
 struct FlowRun {
     engine: &'static Engine,
+    root: FlowRunId,
     rec: FlowRunRecord,
     done: bool,
 }
@@ -157,14 +158,18 @@ impl FlowRun {
             self.rec.error = message.clone();
             self.done = true;
         }
-        self.engine.record(weir_state::Event::FlowRun(self.rec.clone()));
-        self.engine.record(weir_state::Event::State(StateRecord {
-            flow_run_id: Some(self.rec.id),
-            task_run_id: None,
-            state,
-            at: now,
-            message,
-        }));
+        self.engine
+            .record(Some(self.root), weir_state::Event::FlowRun(self.rec.clone()));
+        self.engine.record(
+            Some(self.root),
+            weir_state::Event::State(StateRecord {
+                flow_run_id: Some(self.rec.id),
+                task_run_id: None,
+                state,
+                at: now,
+                message,
+            }),
+        );
     }
 }
 
@@ -192,8 +197,10 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
     let id = FlowRunId::new();
     let is_root = parent.flow.is_none();
     let counters = Arc::new(Counters::default());
+    let root = parent.flow.as_ref().map(|f| f.root).unwrap_or(id);
     let ctx = Arc::new(FlowRunCtx {
         id,
+        root,
         name: spec.name,
         root_counters: parent
             .flow
@@ -206,6 +213,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
     });
     let mut run = FlowRun {
         engine,
+        root,
         rec: FlowRunRecord {
             id,
             flow_name: spec.name.to_string(),
@@ -303,7 +311,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
         _ => tracing::error!(target: "weir::flow", "{summary}: {}", run.rec.error.as_deref().unwrap_or("")),
     });
 
-    if is_root && let Err(e) = engine.flush().await {
+    if is_root && let Err(e) = engine.flush(Some(id)).await {
         engine.console.line(&format!("weir: warning: {e}"));
     }
     let result = result.map_err(|(_, source)| FlowError {

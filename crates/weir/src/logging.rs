@@ -109,14 +109,18 @@ impl<S: Subscriber> Layer<S> for WeirLayer {
         // (a corrupt cache entry, say) belong with the run.
         let is_engine_chatter = is_weir_target(meta.target()) && level > Level::WARN;
         if let Some(scope) = scope.filter(|_| !is_engine_chatter) {
-            engine.record(weir_state::Event::Log(LogRecord {
-                flow_run_id: scope.flow.as_ref().map(|f| f.id),
-                task_run_id: scope.task.map(|t| t.0),
-                at: weir_types::time::now_micros(),
-                level: level.as_str().to_string(),
-                target: meta.target().to_string(),
-                message: text,
-            }));
+            let root = scope.flow.as_ref().map(|f| f.root);
+            engine.record(
+                root,
+                weir_state::Event::Log(LogRecord {
+                    flow_run_id: scope.flow.as_ref().map(|f| f.id),
+                    task_run_id: scope.task.map(|t| t.0),
+                    at: weir_types::time::now_micros(),
+                    level: level.as_str().to_string(),
+                    target: meta.target().to_string(),
+                    message: text,
+                }),
+            );
         }
     }
 }

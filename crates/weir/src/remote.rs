@@ -100,11 +100,11 @@ async fn run(client: Client, mut rx: mpsc::UnboundedReceiver<Msg>) {
 }
 
 impl Transport for HttpTransport {
-    fn send(&self, event: Event) {
+    fn send(&self, _root: Option<weir_types::FlowRunId>, event: Event) {
         let _ = self.tx.send(Msg::Event(event));
     }
 
-    fn flush(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn flush(&self, _root: Option<weir_types::FlowRunId>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let (done, wait) = oneshot::channel();
             self.tx

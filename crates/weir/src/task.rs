@@ -456,7 +456,8 @@ impl TaskRun {
             at: now,
             message,
         });
-        self.engine.record(weir_state::Event::TaskRun(self.rec.clone()));
+        let root = self.flow.as_ref().map(|f| f.root);
+        self.engine.record(root, weir_state::Event::TaskRun(self.rec.clone()));
     }
 
     fn elapsed(&self) -> String {
