@@ -80,7 +80,9 @@ pub(crate) fn get() -> &'static Engine {
         let remote = settings.api_url.as_deref().map(|url| {
             weir_client::Client::new(url, settings.api_key.clone())
                 .map_err(|e| e.to_string())
-                .and_then(|c| crate::remote::HttpTransport::start(c).map_err(|e| e.to_string()))
+                .and_then(|c| {
+                    crate::remote::HttpTransport::start(c, settings.spool_dir.clone()).map_err(|e| e.to_string())
+                })
         });
         let transport: Option<Box<dyn Transport>> = match (remote, &settings.state_db) {
             (Some(Ok(t)), _) => Some(Box::new(t)),

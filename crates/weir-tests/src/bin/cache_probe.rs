@@ -103,6 +103,33 @@ async fn probe(n: u64) -> anyhow::Result<u64> {
     Ok(expensive(n).await?)
 }
 
+/// Log lines the server would refuse as they are: too long, a NUL, and together more than
+/// one request may carry.
+#[weir::task]
+async fn noisy(lines: usize) -> anyhow::Result<usize> {
+    tracing::warn!("{}", "L".repeat(100 << 10));
+    tracing::warn!("before\0after");
+    for i in 0..lines {
+        tracing::warn!("line {i} {}", "y".repeat(60 << 10));
+    }
+    Ok(lines)
+}
+
+// A 300-byte flow name: over the server's 256.
+#[weir::flow(
+    name = "hostile-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+)]
+async fn hostile(lines: usize) -> anyhow::Result<usize> {
+    Ok(noisy(lines).await?)
+}
+
+/// Parameters nested deeper than the server's JSON parser accepts.
+#[weir::flow]
+async fn deep(tree: serde_json::Value, n: u64) -> anyhow::Result<u64> {
+    let _ = tree;
+    Ok(expensive(n).await?)
+}
+
 #[weir::flow]
 async fn probe_big(bytes: usize) -> anyhow::Result<usize> {
     Ok(big(bytes).await?.len())
@@ -155,6 +182,16 @@ async fn main() -> anyhow::Result<()> {
         ["big", bytes] => {
             let len = probe_big(bytes.parse()?).await?;
             println!("{len}");
+        }
+        ["hostile", lines] => {
+            println!("{}", hostile(lines.parse()?).await?);
+        }
+        ["deep", depth, n] => {
+            let mut tree = serde_json::json!("leaf");
+            for _ in 0..depth.parse::<usize>()? {
+                tree = serde_json::Value::Array(vec![tree]);
+            }
+            println!("{}", deep(tree, n.parse()?).await?);
         }
         ["no-runtime"] => {
             // A flow awaited on a thread with no tokio runtime (a common first mistake).
