@@ -14,7 +14,6 @@
 use std::process::Command;
 use std::time::Instant;
 
-
 #[weir::task]
 async fn noop(x: u64) -> anyhow::Result<u64> {
     Ok(x)

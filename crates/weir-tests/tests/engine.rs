@@ -367,6 +367,70 @@ async fn a_flow_run_waits_for_tasks_it_submitted_and_dropped() {
     assert_eq!(report.completed, 1);
 }
 
+// ---------- blocking tasks past their timeout ----------
+
+static SLOW_NOW: AtomicU32 = AtomicU32::new(0);
+static SLOW_MAX: AtomicU32 = AtomicU32::new(0);
+
+/// The first attempt overruns its timeout by 100 ms (a blocking body cannot be stopped).
+#[weir::task(timeout = "200ms", retries = 1, retry_delay = "10ms")]
+fn slow_then_fast(key: u64) -> anyhow::Result<u32> {
+    let attempt = bump(&format!("slow-{key}"));
+    let now = SLOW_NOW.fetch_add(1, Ordering::SeqCst) + 1;
+    SLOW_MAX.fetch_max(now, Ordering::SeqCst);
+    if attempt == 1 {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    SLOW_NOW.fetch_sub(1, Ordering::SeqCst);
+    Ok(attempt)
+}
+
+#[weir::flow]
+async fn slow_flow(key: u64) -> anyhow::Result<u32> {
+    Ok(slow_then_fast(key).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_blocking_attempt_is_not_overlapped_by_its_retry() {
+    env();
+    let key = unique();
+    let attempt = slow_flow(key).await.unwrap();
+    assert_eq!(attempt, 2, "the retry produced the value");
+    assert_eq!(count(&format!("slow-{key}")), 2);
+    assert_eq!(SLOW_MAX.load(Ordering::SeqCst), 1, "two attempts ran at once");
+}
+
+static STUCK: (Mutex<bool>, std::sync::Condvar) = (Mutex::new(false), std::sync::Condvar::new());
+
+#[weir::task(timeout = "100ms", retries = 2, retry_delay = "10ms")]
+fn stuck() -> anyhow::Result<()> {
+    bump("stuck");
+    let mut open = STUCK.0.lock().unwrap();
+    while !*open {
+        open = STUCK.1.wait(open).unwrap();
+    }
+    Ok(())
+}
+
+#[weir::flow]
+async fn stuck_flow() -> anyhow::Result<()> {
+    Ok(stuck().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_attempt_that_never_ends_fails_its_retry_clearly() {
+    env();
+    let (result, report) = stuck_flow().with_report().await;
+    let err = result.unwrap_err();
+    let text = format!("{:#}", anyhow::Error::from(err));
+    assert!(text.contains("not retried") && text.contains("still running"), "{text}");
+    assert_eq!(count("stuck"), 1, "no second attempt started beside the first");
+    let task = &db().task_runs(report.flow_run_id).unwrap()[0];
+    assert_eq!(task.state, State::TimedOut);
+    *STUCK.0.lock().unwrap() = true;
+    STUCK.1.notify_all();
+}
+
 // ---------- subflows, logs, parameters ----------
 
 #[weir::task]

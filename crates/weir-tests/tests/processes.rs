@@ -408,3 +408,34 @@ fn a_flow_outside_a_tokio_runtime_is_a_clear_error_in_a_terminal_and_out_of_one(
         "{screen}"
     );
 }
+
+#[test]
+fn a_process_exits_even_if_a_timed_out_blocking_task_still_runs() {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = probe(home.path())
+        .arg("abandon")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The task's thread sleeps for an hour; main returns after the 100 ms timeout.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if status.is_none() {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(status.is_some(), "the process hung on the abandoned thread: {stderr}");
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("endless started"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("timed out"));
+}

@@ -130,6 +130,19 @@ async fn deep(tree: serde_json::Value, n: u64) -> anyhow::Result<u64> {
     Ok(expensive(n).await?)
 }
 
+/// Never ends by itself: only the process's exit stops it.
+#[weir::task(timeout = "100ms")]
+fn endless() -> anyhow::Result<()> {
+    eprintln!("endless started");
+    std::thread::sleep(std::time::Duration::from_secs(3600));
+    Ok(())
+}
+
+#[weir::flow]
+async fn abandon() -> anyhow::Result<()> {
+    Ok(endless().await?)
+}
+
 #[weir::flow]
 async fn probe_big(bytes: usize) -> anyhow::Result<usize> {
     Ok(big(bytes).await?.len())
@@ -192,6 +205,13 @@ async fn main() -> anyhow::Result<()> {
                 tree = serde_json::Value::Array(vec![tree]);
             }
             println!("{}", deep(tree, n.parse()?).await?);
+        }
+        ["abandon"] => {
+            let e = abandon().await.expect_err("the task times out");
+            println!(
+                "{}",
+                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+            );
         }
         ["no-runtime"] => {
             // A flow awaited on a thread with no tokio runtime (a common first mistake).
