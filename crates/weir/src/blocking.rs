@@ -22,8 +22,11 @@ type Job = Box<dyn FnOnce() + Send>;
 /// How long an idle thread waits for another body before it exits.
 const IDLE_FOR: Duration = Duration::from_secs(10);
 
-fn idle() -> &'static Mutex<Vec<(usize, Sender<Job>)>> {
-    static IDLE: OnceLock<Mutex<Vec<(usize, Sender<Job>)>>> = OnceLock::new();
+/// Idle threads, each by its id and the way to hand it a body.
+type Idle = Mutex<Vec<(usize, Sender<Job>)>>;
+
+fn idle() -> &'static Idle {
+    static IDLE: OnceLock<Idle> = OnceLock::new();
     IDLE.get_or_init(Default::default)
 }
 
