@@ -315,3 +315,44 @@ async fn one_refused_event_does_not_lose_the_rest_of_its_batch() {
     assert_eq!(logs, vec!["first".to_string(), "kept".to_string()]);
     assert!(spool_files(home.path()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_faster_than_the_server_waits_for_room_and_loses_nothing() {
+    let (api, _db) = server(None).await;
+    let home = tempfile::tempdir().unwrap();
+    let (h, a) = (home.path().to_path_buf(), api.clone());
+    // 15,000 task runs produce ~45,000 events, far more than the reporter's queue holds:
+    // the flow must wait for room (not hang, not grow memory, not drop anything).
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cache_probe"))
+            .env("WEIR_HOME", &h)
+            .env("WEIR_API_URL", &a)
+            .env("WEIR_LOG", "warn")
+            .env_remove("WEIR_API_KEY")
+            .args(["flood", "15000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the flow hung or failed: {stderr}");
+    assert!(!stderr.contains("not recorded"), "{stderr}");
+    let client = weir_client::Client::new(&api, None).unwrap();
+    let runs = client.flow_runs(&[("flow", "flood")]).await.unwrap().items;
+    assert_eq!(runs[0].state, State::Completed);
+    let tasks = client.task_runs(runs[0].id).await.unwrap();
+    assert_eq!(tasks.len(), 15_000);
+    assert!(tasks.iter().all(|t| t.state == State::Completed));
+}

@@ -86,9 +86,11 @@ impl Transport for HttpTransport {
         match self.tx.try_send(Msg::Event(root, event)) {
             Ok(()) => {}
             // Backpressure: wait for room. The reporter runs on its own thread and runtime,
-            // so waiting here (even on a runtime worker) cannot deadlock it.
+            // so waiting here (even on a runtime worker) cannot deadlock it. Unconstrained:
+            // on a tokio worker whose cooperative budget is spent, the send would otherwise
+            // defer its wake-up to a scheduler this thread never returns to.
             Err(mpsc::error::TrySendError::Full(msg)) => {
-                let _ = futures::executor::block_on(self.tx.send(msg));
+                let _ = futures::executor::block_on(tokio::task::unconstrained(self.tx.send(msg)));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }

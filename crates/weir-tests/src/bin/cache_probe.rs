@@ -130,6 +130,21 @@ async fn deep(tree: serde_json::Value, n: u64) -> anyhow::Result<u64> {
     Ok(expensive(n).await?)
 }
 
+#[weir::task]
+async fn trivial(x: u64) -> anyhow::Result<u64> {
+    Ok(x)
+}
+
+/// Many trivial task runs one after another: records come faster than a server takes them.
+#[weir::flow]
+async fn flood(n: u64) -> anyhow::Result<u64> {
+    let mut sum = 0u64;
+    for i in 0..n {
+        sum = sum.wrapping_add(trivial(i).await?);
+    }
+    Ok(sum)
+}
+
 /// Never ends by itself: only the process's exit stops it.
 #[weir::task(timeout = "100ms")]
 fn endless() -> anyhow::Result<()> {
@@ -205,6 +220,9 @@ async fn main() -> anyhow::Result<()> {
                 tree = serde_json::Value::Array(vec![tree]);
             }
             println!("{}", deep(tree, n.parse()?).await?);
+        }
+        ["flood", n] => {
+            println!("{}", flood(n.parse()?).await?);
         }
         ["abandon"] => {
             let e = abandon().await.expect_err("the task times out");
