@@ -37,6 +37,10 @@ pub struct ObjectInfo {
     pub modified: i64,
 }
 
+/// A file's bytes, and what identifies this very version of it (see
+/// [`Backend::read_versioned`]).
+pub type Versioned = (Vec<u8>, String);
+
 /// A failure of the backend itself (I/O, network, permissions), not a missing file.
 #[derive(Debug, thiserror::Error)]
 #[error("{backend}: {op} {path}: {message}")]
@@ -70,6 +74,22 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Deletes a file; deleting a missing file is not an error.
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
 
+    /// The file's bytes and what identifies this very version of it (the ETag on object
+    /// storage; a hash of the contents on folders), or `None` if there is no such file.
+    fn read_versioned<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, BackendError>>;
+
+    /// Deletes `path` only if it is still the version [`Backend::read_versioned`] returned:
+    /// `Ok(false)` if it changed or is gone. Atomic where the backend has conditional
+    /// deletes (S3's `If-Match`); elsewhere a check just before the delete (see each backend).
+    fn delete_if<'a>(&'a self, path: &'a str, version: &'a str) -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Whether `WriteMode::IfAbsent` is really atomic here, as measured rather than claimed:
+    /// object storage runs a probe once per backend (concurrent create-if-absent of one name
+    /// must have exactly one winner; some S3-compatible servers check, then write).
+    fn probe_atomic(&self) -> BoxFuture<'_, Result<bool, BackendError>> {
+        Box::pin(std::future::ready(Ok(self.atomic_if_absent())))
+    }
+
     /// Every file under `prefix` (recursively).
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>, BackendError>>;
 
@@ -98,5 +118,41 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Marks a file as just used (for least-recently-used eviction). Optional.
     fn touch<'a>(&'a self, _path: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// For a content-addressed file a writer found already present: makes sure garbage
+    /// collection sees it as young (modified within `max_age_micros`) so it is not deleted
+    /// before the writer's manifest points at it. `false` means "not done (missing, or
+    /// cannot be refreshed in place): write it again with [`WriteMode::Overwrite`]", which
+    /// the default always answers.
+    fn refresh<'a>(&'a self, _path: &'a str, _max_age_micros: i64) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async { Ok(false) })
+    }
+
+    /// Deletes `path` only if it still holds `expected`; `false` if it changed (or is gone).
+    /// The default compares, then deletes: a write landing in between is lost, which
+    /// backends close with a real compare-and-delete.
+    fn delete_if_unchanged<'a>(
+        &'a self,
+        path: &'a str,
+        expected: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            if self.read(path).await?.as_deref() != Some(expected) {
+                return Ok(false);
+            }
+            self.delete(path).await?;
+            Ok(true)
+        })
+    }
+
+    /// Deletes `path` only if it was last modified at or before `cutoff_micros` (µs since
+    /// the epoch); `false` if it is younger (a writer refreshed it) or gone. The default
+    /// deletes unconditionally: only for backends that are never shared.
+    fn delete_if_older<'a>(&'a self, path: &'a str, _cutoff_micros: i64) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            self.delete(path).await?;
+            Ok(true)
+        })
     }
 }

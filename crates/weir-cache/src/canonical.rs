@@ -10,6 +10,9 @@
 //!
 //! Sequences keep their order, so a `HashSet` (which serde sees as a sequence) is *not*
 //! canonical: use a `BTreeSet` for set-valued inputs.
+//!
+//! A file (a newtype named [`FILE_NEWTYPE`] around its path, which is how `weir::Artifact`
+//! serializes) encodes as the BLAKE3 of its contents: where it lives is not part of it.
 
 use serde::ser::{self, Serialize};
 
@@ -23,6 +26,9 @@ impl ser::Error for CanonicalError {
         CanonicalError(msg.to_string())
     }
 }
+
+/// The newtype name under which a value stands for the file at the path it wraps.
+pub const FILE_NEWTYPE: &str = "$weir::Artifact";
 
 /// Encodes `value` canonically.
 pub fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CanonicalError> {
@@ -59,6 +65,7 @@ mod tag {
     pub const MAP: u8 = b'M';
     pub const MAP_END: u8 = b'm';
     pub const VARIANT: u8 = b'V';
+    pub const FILE: u8 = b'A';
 }
 
 impl Encoder {
@@ -88,6 +95,25 @@ impl Encoder {
         };
         self.out.push(tag::FLOAT);
         self.out.extend_from_slice(&bits.to_le_bytes());
+    }
+
+    /// A file, by the hash of its contents (remembered per file version, see
+    /// [`crate::filehash`]).
+    fn file<T: Serialize + ?Sized>(&mut self, path: &T) -> Result<(), CanonicalError> {
+        let path = match serde_json::to_value(path) {
+            Ok(serde_json::Value::String(p)) => std::path::PathBuf::from(p),
+            Ok(other) => return Err(CanonicalError(format!("a file input names no path ({other})"))),
+            Err(e) => return Err(CanonicalError(format!("a file input's path cannot be read: {e}"))),
+        };
+        let hash = crate::filehash::digest_file(&path).map_err(|e| {
+            CanonicalError(format!(
+                "cannot read the file {} to key it by its contents: {e}",
+                path.display()
+            ))
+        })?;
+        self.out.push(tag::FILE);
+        self.out.extend_from_slice(&hash);
+        Ok(())
     }
 
     fn variant(&mut self, name: &str) {
@@ -225,9 +251,12 @@ impl<'a> ser::Serializer for &'a mut Encoder {
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
-        _name: &'static str,
+        name: &'static str,
         value: &T,
     ) -> Result<(), CanonicalError> {
+        if name == FILE_NEWTYPE {
+            return self.file(value);
+        }
         value.serialize(self)
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(

@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod canonical;
+pub mod filehash;
 pub mod folder;
 pub mod format;
 pub mod key;
@@ -26,5 +27,5 @@ pub use key::{CacheKey, InputDigest, KeyParts};
 pub use location::{OpenOptions, open};
 pub use store::{
     Compression, EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord, Lookup, PutMode,
-    PutOutcome, ResultStore, Store, StoreError, StoreStats, validate_name,
+    PutOutcome, Renewal, ResultStore, Store, StoreError, StoreStats, StoredFiles, named_lease_key, validate_name,
 };

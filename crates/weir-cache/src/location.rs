@@ -8,10 +8,13 @@
 //! | `gcs://bucket/prefix` | Google Cloud Storage (cargo feature `gcs`) |
 //! | `azblob://container/prefix?endpoint=…` | Azure Blob Storage (cargo feature `azure`) |
 //!
-//! Any URL takes `?compression=zstd`. Remote stores get a local disk tier when
-//! [`OpenOptions::local_tier`] is set.
+//! Any URL takes `?compression=zstd`. Any store, a folder included, gets a local disk tier
+//! in front of it when [`OpenOptions::local_tier`] is set: worth it for object stores and for
+//! network folders (NFS, JuiceFS), where a hit then costs one small remote read (the manifest,
+//! to revalidate) instead of two. The configuration decides: `WEIR_LOCAL_CACHE` defaults to a
+//! tier for remote URLs only, and a folder gets one when it is set explicitly.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::Backend;
@@ -27,7 +30,7 @@ pub struct OpenOptions {
     pub fsync: bool,
     /// Compression when the URL does not say.
     pub compression: Compression,
-    /// A local folder and size cap (bytes) in front of remote stores.
+    /// A local folder and size cap (bytes) in front of the store (see the module docs).
     pub local_tier: Option<(PathBuf, u64)>,
 }
 
@@ -53,7 +56,8 @@ pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn ResultStore>, 
     }
     let looks_like_path = !location.contains("://");
     if looks_like_path {
-        return Ok(Arc::new(folder(PathBuf::from(location), opts, opts.compression)?));
+        let path = PathBuf::from(location);
+        return with_tier(folder(path.clone(), opts, opts.compression)?, Some(&path), opts);
     }
     let url = url::Url::parse(location).map_err(|e| config(format!("invalid result store URL '{location}': {e}")))?;
     let query = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
@@ -69,7 +73,7 @@ pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn ResultStore>, 
                     "'{location}' is not a local file URL (use file:///absolute/path)"
                 ))
             })?;
-            return Ok(Arc::new(folder(path, opts, compression)?));
+            return with_tier(folder(path.clone(), opts, compression)?, Some(&path), opts);
         }
         "memory" => Arc::new(ObjectBackend::memory()?),
         "s3" => {
@@ -135,17 +139,33 @@ pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn ResultStore>, 
             )));
         }
     };
-    let store: Arc<dyn ResultStore> = Arc::new(Store::new(remote).with_compression(compression));
-    Ok(match &opts.local_tier {
-        Some((dir, cap)) => {
-            let mut local = FolderBackend::open(dir)?;
-            if !opts.fsync {
-                local = local.without_fsync();
-            }
-            Arc::new(Tiered::new(local, store, *cap))
-        }
-        None => store,
-    })
+    with_tier(Store::new(remote).with_compression(compression), None, opts)
+}
+
+/// Puts the configured local tier, if any, in front of `store` (whose folder, for folder
+/// stores, is `folder`).
+fn with_tier(store: Store, folder: Option<&Path>, opts: &OpenOptions) -> Result<Arc<dyn ResultStore>, StoreError> {
+    let Some((dir, cap)) = &opts.local_tier else {
+        return Ok(Arc::new(store));
+    };
+    let mut local = FolderBackend::open(dir)?;
+    if !opts.fsync {
+        local = local.without_fsync();
+    }
+    // A tier in the store's own folder would evict the shared results themselves.
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if let Some(root) = folder
+        && same(root, dir)
+    {
+        return Err(config(format!(
+            "WEIR_LOCAL_CACHE ({}) is the result store's own folder: point it at another folder on local disk, or set it to none",
+            dir.display()
+        )));
+    }
+    Ok(Arc::new(Tiered::new(local, Arc::new(store), *cap)))
 }
 
 fn folder(path: PathBuf, opts: &OpenOptions, compression: Compression) -> Result<Store, StoreError> {

@@ -74,8 +74,10 @@ pub enum CacheCommand {
 fn open_store() -> anyhow::Result<(Arc<dyn ResultStore>, String)> {
     let paths = Paths::from_env();
     let cfg = ResultsConfig::from_env(&paths);
+    // Opened as the SDK opens it, local tier included: listing and stats read the shared
+    // store through it, while `rm` and `gc` also clear this machine's copies.
     let opts = OpenOptions {
-        local_tier: None, // maintenance acts on the shared store itself
+        local_tier: cfg.local_cache.clone(),
         ..OpenOptions::default()
     };
     let store =

@@ -50,6 +50,8 @@ fn entry(key: &str, created_at: i64, source: &str, inputs: &[(&str, &str)]) -> E
                 digest: d.repeat(64 / d.len()),
             })
             .collect(),
+        files: Vec::new(),
+        inline: None,
     }
 }
 
@@ -61,7 +63,7 @@ async fn setup(home: &Path, second_source: &str, second_inputs: &[(&str, &str)])
     store
         .put(
             entry(&k1, now - 5_000_000, "s1", &[("day", "1"), ("region", "e")]),
-            b"1".to_vec(),
+            vec![b'1'; 5000], // above the inline size: stored as a blob
             PutMode::IfAbsent,
         )
         .await
@@ -69,7 +71,7 @@ async fn setup(home: &Path, second_source: &str, second_inputs: &[(&str, &str)])
     store
         .put(
             entry(&k2, now, second_source, second_inputs),
-            b"2".to_vec(),
+            vec![b'2'; 5000],
             PutMode::IfAbsent,
         )
         .await
@@ -186,4 +188,42 @@ async fn ls_show_rm_stats_and_gc() {
     assert!(stdout(&weir(home.path(), &["cache", "ls"])).contains("no cache entries"));
     let bad_size = weir(home.path(), &["cache", "gc", "--max-size", "lots"]);
     assert!(String::from_utf8_lossy(&bad_size.stderr).contains("invalid --max-size 'lots'"));
+}
+
+/// `weir cache rm` opens the store as the SDK does, local tier included: this machine's
+/// copy goes with the shared entry, and its next lookup misses.
+#[tokio::test]
+async fn rm_also_clears_the_local_tier() {
+    use weir_cache::tier::Tiered;
+    let home = tempfile::tempdir().unwrap();
+    let (shared, local) = (home.path().join("shared"), home.path().join("local"));
+    let remote: Arc<dyn ResultStore> = Arc::new(Store::new(Arc::new(FolderBackend::open(&shared).unwrap())));
+    let machine = Tiered::new(FolderBackend::open(&local).unwrap(), remote, 1 << 30);
+    let key_hex = "c".repeat(64);
+    let key: weir_cache::CacheKey = key_hex.parse().unwrap();
+    let now = weir_types::time::now_micros();
+    machine
+        .put(entry(&key_hex, now, "s", &[]), b"cached".to_vec(), PutMode::IfAbsent)
+        .await
+        .unwrap();
+    assert!(machine.local().entry(&key).await.unwrap().is_some(), "kept locally");
+
+    let rm = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["cache", "rm", "cccc"])
+        .env("WEIR_HOME", home.path())
+        .env("WEIR_RESULTS", &shared)
+        .env("WEIR_LOCAL_CACHE", &local)
+        .env_remove("WEIR_RESULTS_DIR")
+        .env_remove("WEIR_STATE_DB")
+        .output()
+        .unwrap();
+    assert!(stdout(&rm).contains("removed"));
+    assert!(
+        machine.local().entry(&key).await.unwrap().is_none(),
+        "the local copy went too"
+    );
+    assert!(matches!(
+        machine.get(&key, now).await.unwrap(),
+        weir_cache::Lookup::Miss
+    ));
 }

@@ -8,7 +8,7 @@
 //! the static spec, so `my_task::SPEC` and `my_flow::schema()` are reachable by name.
 
 use proc_macro::TokenStream;
-use proc_macro2::{Span, TokenStream as TokenStream2};
+use proc_macro2::{Delimiter, Spacing, Span, TokenStream as TokenStream2, TokenTree};
 use quote::{format_ident, quote};
 use syn::{
     FnArg, Ident, ItemFn, LitBool, LitFloat, LitInt, LitStr, Pat, Path, ReturnType, Type, parse_macro_input,
@@ -19,11 +19,104 @@ use syn::{
 /// See the `weir` crate for the options.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    // Hashed as written, before syn re-emits it (its rendering is not ours to keep stable).
+    let source_hash = source_hash(TokenStream2::from(item.clone()));
     let func = parse_macro_input!(item as ItemFn);
     let mut opts = TaskOpts::default();
     let parser = syn::meta::parser(|meta| opts.parse(meta));
     parse_macro_input!(attr with parser);
-    expand_task(opts, func).unwrap_or_else(|e| e.to_compile_error()).into()
+    expand_task(opts, func, source_hash)
+        .unwrap_or_else(|e| e.to_compile_error())
+        .into()
+}
+
+/// The hash `inputs+source` keys use: BLAKE3 over a rendering of the task's tokens that
+/// this crate defines, so neither the compiler's nor `proc_macro2`'s `to_string` spacing
+/// can move it. Comments and whitespace are not tokens; doc comments are (`#[doc = ".."]`
+/// attributes) and are dropped, so documenting a task keeps its cache. Every token is
+/// tagged and length-prefixed. A punctuation mark's spacing is kept only before another
+/// mark, where it decides the operator (`&&` against `& &`), and nowhere else, where only
+/// the compiler's bookkeeping could change it. Invisible groups (a `macro_rules!`
+/// fragment) are kept as groups, since they decide precedence. A trailing comma (which
+/// rustfmt adds when it breaks a list over lines) is dropped where it cannot mean
+/// anything: in `{}` and `[]`, and in `()` holding more than one item (`(x,)` is a tuple,
+/// `(x)` is not).
+///
+/// Changing this rendering changes every `inputs+source` key: `SOURCE_CONTEXT` then bumps
+/// and the golden test below changes with it.
+fn source_hash(tokens: TokenStream2) -> String {
+    const SOURCE_CONTEXT: &str = "weir 2026-11 task source tokens v1";
+    let mut h = blake3::Hasher::new_derive_key(SOURCE_CONTEXT);
+    hash_tokens(&mut h, tokens, Delimiter::None);
+    h.finalize().to_hex().to_string()
+}
+
+fn hash_tokens(h: &mut blake3::Hasher, tokens: TokenStream2, delimiter: Delimiter) {
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    let is_comma = |t: &TokenTree| matches!(t, TokenTree::Punct(p) if p.as_char() == ',');
+    let drop_trailing_comma = match delimiter {
+        Delimiter::Brace | Delimiter::Bracket => true,
+        Delimiter::Parenthesis => tokens.iter().filter(|t| is_comma(t)).count() > 1,
+        Delimiter::None => false,
+    };
+    let mut i = 0;
+    while i < tokens.len() {
+        if let Some(len) = doc_attribute_len(&tokens[i..]) {
+            i += len;
+            continue;
+        }
+        if drop_trailing_comma && i + 1 == tokens.len() && is_comma(&tokens[i]) {
+            break;
+        }
+        match &tokens[i] {
+            TokenTree::Ident(ident) => text(h, b'i', &ident.to_string()),
+            TokenTree::Literal(lit) => text(h, b'l', &lit.to_string()),
+            TokenTree::Punct(p) => {
+                h.update(b"p");
+                h.update(&u32::from(p.as_char()).to_le_bytes());
+                if p.spacing() == Spacing::Joint && matches!(tokens.get(i + 1), Some(TokenTree::Punct(_))) {
+                    h.update(b"j");
+                }
+            }
+            TokenTree::Group(g) => {
+                let (open, close) = match g.delimiter() {
+                    Delimiter::Parenthesis => (b"(", b")"),
+                    Delimiter::Brace => (b"{", b"}"),
+                    Delimiter::Bracket => (b"[", b"]"),
+                    Delimiter::None => (b"<", b">"),
+                };
+                h.update(open);
+                hash_tokens(h, g.stream(), g.delimiter());
+                h.update(close);
+            }
+        }
+        i += 1;
+    }
+}
+
+fn text(h: &mut blake3::Hasher, tag: u8, s: &str) {
+    h.update(&[tag]);
+    h.update(&(s.len() as u64).to_le_bytes());
+    h.update(s.as_bytes());
+}
+
+/// How many tokens a doc attribute at the start of `tokens` spans (`#[doc ..]` or
+/// `#![doc ..]`), if there is one.
+fn doc_attribute_len(tokens: &[TokenTree]) -> Option<usize> {
+    let TokenTree::Punct(hash) = tokens.first()? else {
+        return None;
+    };
+    if hash.as_char() != '#' {
+        return None;
+    }
+    let bang = matches!(tokens.get(1), Some(TokenTree::Punct(p)) if p.as_char() == '!');
+    let at = if bang { 2 } else { 1 };
+    let TokenTree::Group(g) = tokens.get(at)? else {
+        return None;
+    };
+    let is_doc = g.delimiter() == Delimiter::Bracket
+        && matches!(g.stream().into_iter().next(), Some(TokenTree::Ident(i)) if i == "doc");
+    is_doc.then_some(at + 1)
 }
 
 /// Turns an `async fn` into a weir flow. See the `weir` crate.
@@ -136,8 +229,11 @@ impl TaskOpts {
             "cache_version" => self.cache_version = Some(meta.value()?.parse()?),
             "serializer" => {
                 let lit: LitStr = meta.value()?.parse()?;
-                if !matches!(lit.value().as_str(), "json" | "msgpack") {
-                    return Err(syn::Error::new(lit.span(), "serializer is \"json\" or \"msgpack\""));
+                if !matches!(lit.value().as_str(), "json" | "msgpack" | "raw") {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "serializer is \"json\", \"msgpack\" or \"raw\" (byte buffers)",
+                    ));
                 }
                 self.serializer = Some((lit.value(), lit.span()));
             }
@@ -265,7 +361,7 @@ fn nanos(n: u128) -> TokenStream2 {
     quote!(::core::time::Duration::from_nanos(#n))
 }
 
-fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
+fn expand_task(opts: TaskOpts, func: ItemFn, source_hash: String) -> syn::Result<TokenStream2> {
     let args = args_of(&func)?;
     let out_ty = output_type(&func)?;
     let is_async = func.sig.asyncness.is_some();
@@ -292,10 +388,6 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
         .map(|l| l.value())
         .unwrap_or_else(|| name.to_string());
     let body_ident = format_ident!("__weir_task_body");
-
-    // The source hash covers the whole item as written (signature and body; comments are not
-    // tokens), so editing this task invalidates its cache and no other task's.
-    let source_hash = blake3::hash(quote!(#func).to_string().as_bytes()).to_hex().to_string();
 
     let policy = match (&opts.key, opts.cache.as_ref().map(|c| c.0.as_str())) {
         (Some(_), _) => quote!(::weir::CachePolicy::Custom),
@@ -343,6 +435,7 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
     let cache_version = opts.cache_version.as_ref().map(|l| l.value()).unwrap_or_default();
     let format = match opts.serializer.as_ref().map(|s| s.0.as_str()) {
         Some("msgpack") => quote!(::weir::Format::MsgPack),
+        Some("raw") => quote!(::weir::Format::Raw),
         _ => quote!(::weir::Format::Json),
     };
     let param_names: Vec<String> = args.iter().map(|a| a.ident.to_string()).collect();
@@ -440,10 +533,25 @@ fn expand_task(opts: TaskOpts, func: ItemFn) -> syn::Result<TokenStream2> {
         #[doc(hidden)]
         #[allow(non_snake_case, dead_code)]
         #vis mod #name {
+            /// Its compiler path names the functions this task is nested in, which
+            /// `module_path!()` leaves out.
+            struct __WeirTaskMarker;
+
+            fn __weir_key_path() -> &'static str {
+                static PATH: ::std::sync::OnceLock<::std::string::String> = ::std::sync::OnceLock::new();
+                PATH.get_or_init(|| {
+                    ::weir::__private::task_key_path(
+                        ::core::module_path!(),
+                        ::core::any::type_name::<__WeirTaskMarker>(),
+                    )
+                })
+            }
+
             /// The static description of this task.
             pub static SPEC: ::weir::TaskSpec = ::weir::TaskSpec {
                 name: #name_str,
                 path: ::core::module_path!(),
+                key_path: __weir_key_path,
                 source_hash: #source_hash,
                 cache: #policy,
                 cache_version: #cache_version,
@@ -547,4 +655,92 @@ fn expand_flow(name_attr: Option<LitStr>, tags: Vec<LitStr>, func: ItemFn) -> sy
             };
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(src: &str) -> String {
+        source_hash(src.parse().expect("test source parses"))
+    }
+
+    const PLAIN: &str = "async fn total(xs: Vec<i64>) -> anyhow::Result<i64> { Ok(xs.iter().sum::<i64>() + 1) }";
+
+    #[test]
+    fn doc_comments_comments_and_layout_do_not_change_the_source_hash() {
+        let documented = r#"
+            /// Sums the inputs.
+            ///
+            /// Then adds one, for reasons.
+            #[doc = "and an explicit doc attribute"]
+            async fn total(
+                xs: Vec<i64> // the inputs
+            ) -> anyhow::Result<i64> {
+                //! an inner doc comment
+                /* a block comment */
+                Ok(xs.iter().sum::<i64>()
+                    + 1)
+            }
+        "#;
+        assert_eq!(hash(PLAIN), hash(documented));
+    }
+
+    #[test]
+    fn code_changes_do_change_the_source_hash() {
+        let base = hash(PLAIN);
+        for changed in [
+            "async fn total(xs: Vec<i64>) -> anyhow::Result<i64> { Ok(xs.iter().sum::<i64>() + 2) }",
+            "async fn total(ys: Vec<i64>) -> anyhow::Result<i64> { Ok(ys.iter().sum::<i64>() + 1) }",
+            "async fn total(xs: Vec<i32>) -> anyhow::Result<i64> { Ok(xs.iter().sum::<i64>() + 1) }",
+            "#[inline] async fn total(xs: Vec<i64>) -> anyhow::Result<i64> { Ok(xs.iter().sum::<i64>() + 1) }",
+            "async fn total(xs: Vec<i64>) -> anyhow::Result<i64> { Ok(xs.iter().sum::<i64>() + 1 ) ; }",
+            r#"async fn total(xs: Vec<i64>) -> anyhow::Result<i64> { Ok(xs.iter().sum::<i64>() + 1) } fn s() -> &'static str { "x" }"#,
+        ] {
+            assert_ne!(base, hash(changed), "{changed}");
+        }
+    }
+
+    #[test]
+    fn spacing_counts_only_where_it_makes_another_operator() {
+        // `&&` and `& &` are different operators…
+        assert_ne!(hash("fn f() { a && b }"), hash("fn f() { a & &b }"));
+        assert_ne!(hash("fn f() { a..=b }"), hash("fn f() { a.. =b }"));
+        // …while spacing before a word or a bracket is not code.
+        assert_eq!(hash("fn f() { - x }"), hash("fn f() { -x }"));
+        assert_eq!(
+            hash("fn f() -> Vec<Vec<u8>> { x }"),
+            hash("fn f() -> Vec< Vec <u8>> { x }")
+        );
+        assert_ne!(
+            hash("fn f() -> Vec<Vec<u8>> { x }"),
+            hash("fn f() -> Vec<Vec<u8> > { x }")
+        );
+    }
+
+    #[test]
+    fn trailing_commas_count_only_where_they_make_a_tuple() {
+        let two = "fn f(a: u8, b: u8) { g(a, b); [a, b]; S { a, b } }";
+        let trailing = "fn f(\n a: u8,\n b: u8,\n) { g(a, b,); [a, b,]; S { a, b, } }";
+        assert_eq!(hash(two), hash(trailing));
+        assert_eq!(hash("fn f() { [a] }"), hash("fn f() { [a,] }"));
+        assert_ne!(hash("fn f() -> (u8,) { (a,) }"), hash("fn f() -> (u8) { (a) }"));
+        assert_ne!(hash("fn f() { g(a, b) }"), hash("fn f() { g(a b) }"));
+    }
+
+    #[test]
+    fn doc_like_attributes_that_are_not_docs_are_kept() {
+        assert_ne!(hash(PLAIN), hash(&format!("#[cfg(test)] {PLAIN}")));
+        assert_ne!(hash(PLAIN), hash(&format!("#[docs] {PLAIN}")));
+    }
+
+    /// The hash of a fixed source: a change to the rendering changes every `inputs+source`
+    /// key users have stored, so it must be deliberate (see `source_hash`).
+    #[test]
+    fn golden_source_hash() {
+        assert_eq!(
+            hash(PLAIN),
+            "06123e33345dac05ec23323f42223c270e59a4008ef5e8887c95c504789316de"
+        );
+    }
 }

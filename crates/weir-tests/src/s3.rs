@@ -7,21 +7,43 @@
 //!   `If-None-Match: *` is atomic; `scripts/test.sh` starts one and exports its address in
 //!   `WEIR_TEST_MOTO_ENDPOINT`. The concurrency and lease tests run against it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 
 pub const ACCESS_KEY: &str = "weir-test-access";
 pub const SECRET_KEY: &str = "weir-test-secret-key-0123456789";
 
+/// Counts the requests the server received, by S3 operation (`PutObject`, `UploadPart`…).
+/// s3s asks its access check about every signed request, by operation name.
+#[derive(Clone, Default)]
+struct OpCounter(Arc<Mutex<HashMap<String, u64>>>);
+
+#[async_trait::async_trait]
+impl S3Access for OpCounter {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> s3s::S3Result<()> {
+        // As s3s's default check: signed requests only.
+        if cx.credentials().is_none() {
+            return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
+        }
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(cx.s3_op().name().to_string()).or_default() += 1;
+        Ok(())
+    }
+}
+
 /// An `s3s-fs` server on 127.0.0.1, stopped when dropped.
 pub struct S3sServer {
     pub addr: SocketAddr,
     pub root: PathBuf,
+    ops: OpCounter,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -38,6 +60,8 @@ impl S3sServer {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let fs_root = root.clone();
+        let ops = OpCounter::default();
+        let access = ops.clone();
         let thread = std::thread::spawn(move || {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -55,6 +79,7 @@ impl S3sServer {
                     Ok(fs) => {
                         let mut b = S3ServiceBuilder::new(fs);
                         b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                        b.set_access(access);
                         b.build()
                     }
                     Err(e) => {
@@ -89,10 +114,17 @@ impl S3sServer {
         Ok(S3sServer {
             addr,
             root,
+            ops,
             _dir: dir,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+
+    /// How many requests for the S3 operation `op` (e.g. `UploadPart`) the server received.
+    pub fn requests(&self, op: &str) -> u64 {
+        let counts = self.ops.0.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(op).copied().unwrap_or(0)
     }
 
     pub fn endpoint(&self) -> String {
@@ -137,12 +169,28 @@ pub fn moto_endpoint() -> Option<String> {
     match std::env::var("WEIR_TEST_MOTO_ENDPOINT") {
         Ok(e) if !e.is_empty() => Some(e),
         _ => {
-            assert!(
-                std::env::var("WEIR_TEST_REQUIRE_MOTO").as_deref() != Ok("1"),
-                "WEIR_TEST_REQUIRE_MOTO=1 but WEIR_TEST_MOTO_ENDPOINT is not set"
+            crate::skip(
+                "MOTO",
+                "no moto server (run through scripts/test.sh, or set WEIR_TEST_MOTO_ENDPOINT)",
             );
-            eprintln!("skipping: no moto server (run through scripts/test.sh, or set WEIR_TEST_MOTO_ENDPOINT)");
             None
         }
     }
+}
+
+/// Makes a fresh bucket `{prefix}-{pid}-{n}` on the moto server at `endpoint` (moto accepts
+/// any credentials and creates buckets on request) and returns its name.
+pub fn moto_bucket(endpoint: &str, prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let bucket = format!("{prefix}-{}-{n}", std::process::id());
+    let made = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!("import urllib.request as u; u.urlopen(u.Request('{endpoint}/{bucket}', method='PUT')).read()"),
+        ])
+        .status()
+        .expect("python3 runs");
+    assert!(made.success(), "could not make bucket {bucket} on {endpoint}");
+    bucket
 }

@@ -1,12 +1,10 @@
 //! What every result store backend must do, as one suite run against each backend
-//! (folder, FUSE mount, memory, s3s-fs, moto), so no backend can quietly differ.
-
-use std::sync::Arc;
+//! (folder, FUSE mount, JuiceFS, memory, s3s-fs, moto), so no backend can quietly differ.
 
 use weir_cache::backend::WriteMode;
 use weir_cache::{
-    CacheKey, Compression, EntryMeta, GcOptions, KeyParts, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore,
-    Store,
+    CacheKey, Compression, EntryMeta, GcOptions, KeyParts, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, Renewal,
+    ResultStore, Store,
 };
 
 /// A distinct key per `n` (and per suite run, through `salt`).
@@ -41,10 +39,12 @@ pub fn meta(k: &CacheKey) -> EntryMeta {
         source_hash: None,
         code_hash: None,
         inputs: vec![],
+        files: Vec::new(),
+        inline: None,
     }
 }
 
-async fn hit_bytes(store: &dyn ResultStore, k: &CacheKey) -> Vec<u8> {
+pub async fn hit_bytes(store: &dyn ResultStore, k: &CacheKey) -> Vec<u8> {
     match store.get(k, 2_000).await.expect("get") {
         Lookup::Hit { bytes, .. } => bytes,
         other => panic!("expected a hit, got {other:?}"),
@@ -71,20 +71,26 @@ pub async fn round_trip(store: &Store) {
     assert_eq!(store.entry(&k).await.unwrap().unwrap().key, k.to_hex());
 }
 
-/// Damaged data is never returned; a missing blob is a miss; a replace repairs.
+/// Damaged data is never returned; a manifest whose blob is missing is corrupt (so it is
+/// replaced, not kept); a replace repairs. Small results live in their manifest and are
+/// checked the same way.
 pub async fn damage(store: &Store) {
     let b = store.backend().clone();
     let k = key("damage", 1);
-    let (_, m) = store.put(meta(&k), b"hello".to_vec(), PutMode::IfAbsent).await.unwrap();
+    // Larger than INLINE_MAX: stored as a blob.
+    let big = vec![7u8; weir_cache::store::INLINE_MAX + 1];
+    let (_, m) = store.put(meta(&k), big.clone(), PutMode::IfAbsent).await.unwrap();
     let blob = store.blob_path(&m.blob);
 
-    b.write(&blob, b"hellO".to_vec(), WriteMode::Overwrite).await.unwrap();
+    let mut changed = big.clone();
+    changed[10] = 8;
+    b.write(&blob, changed, WriteMode::Overwrite).await.unwrap();
     assert!(
         matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }),
         "checksum mismatch"
     );
 
-    b.write(&blob, b"hel".to_vec(), WriteMode::Overwrite).await.unwrap();
+    b.write(&blob, big[..100].to_vec(), WriteMode::Overwrite).await.unwrap();
     assert!(
         matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }),
         "truncated blob"
@@ -92,12 +98,12 @@ pub async fn damage(store: &Store) {
 
     b.delete(&blob).await.unwrap();
     assert!(
-        matches!(store.get(&k, 0).await.unwrap(), Lookup::Miss),
+        matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }),
         "manifest without data"
     );
 
-    store.put(meta(&k), b"hello".to_vec(), PutMode::Replace).await.unwrap();
-    assert_eq!(hit_bytes(store, &k).await, b"hello");
+    store.put(meta(&k), big.clone(), PutMode::Replace).await.unwrap();
+    assert_eq!(hit_bytes(store, &k).await, big);
 
     b.write(&store.manifest_path(&k), b"{ not json".to_vec(), WriteMode::Overwrite)
         .await
@@ -105,6 +111,30 @@ pub async fn damage(store: &Store) {
     assert!(
         matches!(store.get(&k, 0).await.unwrap(), Lookup::Corrupt { .. }),
         "garbage manifest"
+    );
+
+    // A small result: inside its manifest, no blob; a changed byte in it is noticed.
+    let small = key("damage", 2);
+    let (_, m) = store
+        .put(meta(&small), b"hello".to_vec(), PutMode::IfAbsent)
+        .await
+        .unwrap();
+    assert!(
+        b.read(&store.blob_path(&m.blob)).await.unwrap().is_none(),
+        "no blob file"
+    );
+    assert_eq!(hit_bytes(store, &small).await, b"hello");
+    let path = store.manifest_path(&small);
+    let raw = String::from_utf8(b.read(&path).await.unwrap().unwrap()).unwrap();
+    assert!(!raw.contains('\n'), "compact JSON: {raw}");
+    let tampered = raw.replace("aGVsbG8=", "aGVsbE8=");
+    assert_ne!(raw, tampered, "the inline bytes are base64 in the manifest: {raw}");
+    b.write(&path, tampered.into_bytes(), WriteMode::Overwrite)
+        .await
+        .unwrap();
+    assert!(
+        matches!(store.get(&small, 0).await.unwrap(), Lookup::Corrupt { .. }),
+        "changed inline bytes"
     );
 }
 
@@ -118,11 +148,18 @@ pub async fn expiry(store: &Store) {
     assert!(matches!(store.get(&k, 100).await.unwrap(), Lookup::Expired { .. }));
 }
 
+/// A result too large to live inside its manifest (so it is stored as a blob).
+pub fn large(tag: &[u8]) -> Vec<u8> {
+    let mut v = tag.to_vec();
+    v.resize(weir_cache::store::INLINE_MAX + 1, b'.');
+    v
+}
+
 /// Identical results are stored once.
 pub async fn dedup(store: &Store) {
     let (a, b) = (key("dedup", 1), key("dedup", 2));
-    let (_, ma) = store.put(meta(&a), b"same".to_vec(), PutMode::IfAbsent).await.unwrap();
-    let (_, mb) = store.put(meta(&b), b"same".to_vec(), PutMode::IfAbsent).await.unwrap();
+    let (_, ma) = store.put(meta(&a), large(b"same"), PutMode::IfAbsent).await.unwrap();
+    let (_, mb) = store.put(meta(&b), large(b"same"), PutMode::IfAbsent).await.unwrap();
     assert_eq!(ma.blob, mb.blob);
     let blobs = store.backend().list("v1/blobs/").await.unwrap();
     assert_eq!(blobs.iter().filter(|o| o.path.ends_with(&ma.blob)).count(), 1);
@@ -159,19 +196,16 @@ pub async fn maintenance(store: &Store) {
     let live = key("maintenance", 3);
     let mut m = meta(&old);
     m.created_at = now - 8 * 86_400_000_000;
-    store.put(m, b"old".to_vec(), PutMode::IfAbsent).await.unwrap();
+    store.put(m, large(b"old"), PutMode::IfAbsent).await.unwrap();
     let mut m = meta(&expired);
     m.created_at = now - 1_000;
     m.expires_at = Some(now - 1);
-    store.put(m, b"expired".to_vec(), PutMode::IfAbsent).await.unwrap();
+    store.put(m, large(b"expired"), PutMode::IfAbsent).await.unwrap();
     let mut m = meta(&live);
     m.created_at = now - 1_000;
-    store.put(m, b"live".to_vec(), PutMode::IfAbsent).await.unwrap();
+    store.put(m, large(b"live"), PutMode::IfAbsent).await.unwrap();
     let gone = key("maintenance", 4);
-    store
-        .put(meta(&gone), b"gone".to_vec(), PutMode::IfAbsent)
-        .await
-        .unwrap();
+    store.put(meta(&gone), large(b"gone"), PutMode::IfAbsent).await.unwrap();
     assert!(store.remove(&gone).await.unwrap());
     assert!(!store.remove(&gone).await.unwrap());
 
@@ -197,7 +231,7 @@ pub async fn maintenance(store: &Store) {
 
     store.gc(GcOptions { dry_run: false, ..opts }, now).await.unwrap();
     assert_eq!(mine(store.entries().await.unwrap()), vec![live.to_hex()]);
-    assert_eq!(hit_bytes(store, &live).await, b"live");
+    assert_eq!(hit_bytes(store, &live).await, large(b"live"));
     let blobs: Vec<String> = store
         .backend()
         .list("v1/blobs/")
@@ -207,7 +241,7 @@ pub async fn maintenance(store: &Store) {
         .map(|o| o.path)
         .collect();
     for gone_blob in [b"old".as_slice(), b"expired", b"gone"] {
-        let h = blake3::hash(gone_blob).to_hex().to_string();
+        let h = blake3::hash(&large(gone_blob)).to_hex().to_string();
         assert!(
             !blobs.iter().any(|p| p.ends_with(&h)),
             "unreferenced blob {h} was collected"
@@ -252,47 +286,246 @@ pub async fn leases(store: &Store) {
     );
 }
 
-/// Concurrent create-if-absent: exactly one winner. Only for backends whose conditional
-/// writes are atomic (not s3s-fs).
-pub async fn races(store: Arc<Store>) {
-    let k = key("races", 1);
-    let mut handles = Vec::new();
-    for i in 0..16 {
-        let store = store.clone();
-        handles.push(tokio::spawn(async move {
-            store
-                .put(meta(&k), format!("writer-{i}").into_bytes(), PutMode::IfAbsent)
-                .await
-                .unwrap()
-                .0
-        }));
+/// A lease given back right after it was taken is gone (a run that fails at once must not
+/// leave its waiters blocked until the lease expires), and one renewed at once is renewed.
+/// (On FUSE and network filesystems a file's attributes are cached for a while after it is
+/// created, so what identifies a file must not be read from them.)
+pub async fn quick_release(store: &Store) {
+    let k = key("quick_release", 1);
+    for round in 0..5 {
+        let a = acquired(store.try_lease(&k, "a", 1_000_000, round).await.unwrap());
+        assert!(store.release(&a).await.unwrap(), "released at once (round {round})");
+        let b = acquired(store.try_lease(&k, "b", 1_000_000, round).await.unwrap());
+        let b = match store.renew(&b, 1_000_000, round).await.unwrap() {
+            Renewal::Renewed(l) => l,
+            other => panic!("renewed at once (round {round}), got {other:?}"),
+        };
+        assert!(
+            store.release(&b).await.unwrap(),
+            "released after a renewal (round {round})"
+        );
     }
-    let mut winners = 0;
-    for h in handles {
-        if h.await.unwrap() == PutOutcome::Published {
-            winners += 1;
-        }
-    }
-    assert_eq!(winners, 1, "exactly one concurrent writer publishes");
+}
 
-    let lk = key("races", 2);
-    let mut handles = Vec::new();
-    for i in 0..16 {
-        let store = store.clone();
-        handles.push(tokio::spawn(async move {
-            matches!(
-                store.try_lease(&lk, &format!("h{i}"), 60_000_000, 0).await.unwrap(),
-                LeaseOutcome::Acquired(_)
-            )
-        }));
+fn acquired(outcome: LeaseOutcome) -> Lease {
+    match outcome {
+        LeaseOutcome::Acquired(l) => l,
+        other => panic!("expected the lease, got {other:?}"),
     }
-    let mut holders = 0;
-    for h in handles {
-        if h.await.unwrap() {
-            holders += 1;
+}
+
+async fn holder_of(store: &Store, k: &CacheKey, now: i64) -> Option<String> {
+    match store.try_lease(k, "probe", 1_000, now).await.unwrap() {
+        LeaseOutcome::Held(rec) => Some(rec.holder),
+        // Asking took it: give it back so the caller's view of the store is unchanged.
+        LeaseOutcome::Acquired(l) => {
+            store.release(&l).await.unwrap();
+            None
         }
     }
-    assert_eq!(holders, 1, "exactly one concurrent asker gets the lease");
+}
+
+/// A holder that stalled past its lease's expiry, while another took the key over, can
+/// neither extend nor delete the new holder's lease, even after the key's generations
+/// started again from scratch (ABA).
+pub async fn stalled_holder(store: &Store) {
+    let k = key("stalled_holder", 1);
+    let a = acquired(store.try_lease(&k, "a", 1_000, 0).await.unwrap());
+    // `a` stalls; its lease expires and `b` takes over.
+    let b = acquired(store.try_lease(&k, "b", 1_000, 5_000).await.unwrap());
+    // `a` wakes up: its renewal finds the lease lost, and leaves b's alone.
+    match store.renew(&a, 1_000, 5_001).await.unwrap() {
+        Renewal::Lost(Some(rec)) => assert_eq!(rec.holder, "b"),
+        other => panic!("a stalled holder's renewal must fail, got {other:?}"),
+    }
+    assert!(!store.release(&a).await.unwrap(), "a stalled holder releases nothing");
+    assert_eq!(holder_of(store, &k, 5_002).await.as_deref(), Some("b"));
+    // `b` renews and releases normally…
+    let b = match store.renew(&b, 1_000, 5_500).await.unwrap() {
+        Renewal::Renewed(l) => l,
+        other => panic!("the holder renews, got {other:?}"),
+    };
+    assert_eq!(holder_of(store, &k, 6_000).await.as_deref(), Some("b"), "renewed");
+    assert!(store.release(&b).await.unwrap());
+    // …so the key's generations start again, and `c` gets the very generation `a` had.
+    let c = acquired(store.try_lease(&k, "c", 1_000, 7_000).await.unwrap());
+    assert!(
+        matches!(store.renew(&a, 1_000, 7_001).await.unwrap(), Renewal::Lost(_)),
+        "an old lease is not mistaken for a new one with the same generation"
+    );
+    assert!(!store.release(&a).await.unwrap());
+    assert_eq!(holder_of(store, &k, 7_002).await.as_deref(), Some("c"));
+    assert!(
+        !store.release(&b).await.unwrap(),
+        "a released lease is not released twice"
+    );
+    assert_eq!(holder_of(store, &k, 7_003).await.as_deref(), Some("c"));
+    assert!(store.release(&c).await.unwrap());
+    assert_eq!(holder_of(store, &k, 7_004).await, None, "released");
+}
+
+/// How many writers race for one key.
+pub const RACE_WRITERS: usize = 16;
+/// How many times they race on a fast store: one round can let a broken mechanism win by
+/// luck (a check-then-rename "create if absent" on a local disk passed one round in three,
+/// and never passed 64).
+pub const RACE_ROUNDS: u64 = 64;
+
+/// What one writer saw in one round of a race.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaceOutcome {
+    pub writer: usize,
+    /// Whether this writer's create-if-absent won (`Published`, or the lease `Acquired`).
+    pub won: bool,
+    /// What the writer read back right after: the stored bytes, or the lease's holder.
+    pub seen: String,
+}
+
+/// The bytes writer `w` tries to store in round `r`: each writer's differ, so a loser that
+/// adopted the winner's result is told apart from one that kept its own.
+pub fn race_bytes(w: usize, r: u64) -> String {
+    format!("writer-{w}-round-{r}")
+}
+
+/// The holder name writer `w` asks for a lease with.
+pub fn race_holder(w: usize) -> String {
+    format!("holder-{w}")
+}
+
+/// Writer `w`'s create-if-absent of `k`, then what it reads back.
+pub async fn race_put(store: &dyn ResultStore, k: &CacheKey, w: usize, r: u64) -> RaceOutcome {
+    let (o, _) = store
+        .put(meta(k), race_bytes(w, r).into_bytes(), PutMode::IfAbsent)
+        .await
+        .unwrap();
+    let seen = String::from_utf8_lossy(&hit_bytes(store, k).await).into_owned();
+    RaceOutcome {
+        writer: w,
+        won: o == PutOutcome::Published,
+        seen,
+    }
+}
+
+/// Writer `w` asks for the lease of `k`; `seen` is the holder it got it from (itself or not).
+pub async fn race_lease(store: &dyn ResultStore, k: &CacheKey, w: usize) -> RaceOutcome {
+    let me = race_holder(w);
+    match store.try_lease(k, &me, 3_600_000_000, 0).await.unwrap() {
+        LeaseOutcome::Acquired(_) => RaceOutcome {
+            writer: w,
+            won: true,
+            seen: me,
+        },
+        LeaseOutcome::Held(rec) => RaceOutcome {
+            writer: w,
+            won: false,
+            seen: rec.holder,
+        },
+    }
+}
+
+/// One round of a race, from every writer: exactly one won, and every writer (the winner
+/// too) saw the winner's value (`expected(winner)`).
+pub fn check_round(what: &str, round: u64, outcomes: &[RaceOutcome], expected: impl Fn(usize) -> String) {
+    let winners: Vec<usize> = outcomes.iter().filter(|o| o.won).map(|o| o.writer).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "{what}, round {round}: exactly one of {} concurrent writers wins, not {winners:?}",
+        outcomes.len()
+    );
+    let want = expected(winners[0]);
+    for o in outcomes {
+        assert_eq!(
+            o.seen, want,
+            "{what}, round {round}: writer {} sees the winner's value",
+            o.writer
+        );
+    }
+}
+
+/// A salt no earlier run used, so races on a shared store start from absent keys.
+pub fn fresh_salt(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{what}-{}-{nanos}", std::process::id())
+}
+
+/// Concurrent create-if-absent and lease requests from [`RACE_WRITERS`] OS threads, released
+/// together by a barrier, each with its own runtime and its own store (`open(writer)`, so
+/// writers can use different mounts or clients of one store), for `rounds` rounds:
+/// exactly one writer wins each round and everyone reads the winner's result. Only for
+/// backends whose conditional writes are atomic (not s3s-fs).
+pub fn races(rounds: u64, open: impl Fn(usize) -> Store + Sync) {
+    let salt = fresh_salt("races");
+    let barrier = std::sync::Barrier::new(RACE_WRITERS);
+    // Per writer: its outcomes per round, and when its puts started and ended.
+    type Spans = Vec<(std::time::Instant, std::time::Instant)>;
+    let per_writer: Vec<(Vec<RaceOutcome>, Vec<RaceOutcome>, Spans)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..RACE_WRITERS)
+            .map(|w| {
+                let (open, barrier, salt) = (&open, &barrier, &salt);
+                s.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    let store = open(w);
+                    // Connect (or warm the directory cache) before the race, not during it.
+                    rt.block_on(store.get(&key("warm-up", w as u64), 0)).unwrap();
+                    let (mut puts, mut leases, mut spans) = (Vec::new(), Vec::new(), Vec::new());
+                    // A writer that fails still meets the others at the barrier (or they
+                    // would wait forever); its failure shows in its outcome.
+                    let run = |f: &mut dyn FnMut() -> RaceOutcome| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| RaceOutcome {
+                            writer: w,
+                            won: false,
+                            seen: format!("(failed: {})", panic_text(&p)),
+                        })
+                    };
+                    for r in 0..rounds {
+                        barrier.wait();
+                        let start = std::time::Instant::now();
+                        puts.push(run(&mut || rt.block_on(race_put(&store, &key(salt, r), w, r))));
+                        spans.push((start, std::time::Instant::now()));
+                        barrier.wait();
+                        let lease_key = key(&format!("{salt}-lease"), r);
+                        leases.push(run(&mut || rt.block_on(race_lease(&store, &lease_key, w))));
+                    }
+                    (puts, leases, spans)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut overlapped = 0;
+    for r in 0..rounds as usize {
+        let puts: Vec<RaceOutcome> = per_writer.iter().map(|(p, _, _)| p[r].clone()).collect();
+        check_round("put if absent", r as u64, &puts, |w| race_bytes(w, r as u64));
+        let leases: Vec<RaceOutcome> = per_writer.iter().map(|(_, l, _)| l[r].clone()).collect();
+        check_round("lease", r as u64, &leases, race_holder);
+        let spans: Vec<_> = per_writer.iter().map(|(_, _, s)| s[r]).collect();
+        overlapped = overlapped.max(most_at_once(&spans));
+    }
+    // The writers really ran at the same time (not one after another).
+    assert!(overlapped >= 2, "the writers' puts never overlapped");
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// The most spans in progress at one instant.
+pub fn most_at_once<T: Ord + Copy>(spans: &[(T, T)]) -> usize {
+    spans
+        .iter()
+        .map(|(start, _)| spans.iter().filter(|(s, e)| s <= start && start < e).count())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Everything but races.
@@ -304,4 +537,6 @@ pub async fn all(store: &Store) {
     compression(store).await;
     maintenance(store).await;
     leases(store).await;
+    stalled_holder(store).await;
+    quick_release(store).await;
 }

@@ -603,8 +603,11 @@ async fn corrupted_truncated_or_mistyped_entries_are_recomputed() {
     assert_eq!(meta.task, double::SPEC.path);
     assert_eq!(meta.inputs[0].name, "x");
 
-    // A damaged blob.
-    std::fs::write(folder.path_of(&store.blob_path(&meta.blob)), b"{{{{").unwrap();
+    // A damaged result (small: inside the manifest, as base64).
+    let inline = meta.inline.clone().expect("a small result lives in its manifest");
+    let mut damaged = meta.clone();
+    damaged.inline = Some(inline.iter().map(|b| b ^ 1).collect());
+    std::fs::write(&manifest, serde_json::to_vec(&damaged).unwrap()).unwrap();
     assert_eq!(double_flow(x).await.unwrap(), x * 2);
     assert_eq!(count(&what), 2);
     assert_eq!(double_flow(x).await.unwrap(), x * 2);
@@ -634,12 +637,6 @@ async fn corrupted_truncated_or_mistyped_entries_are_recomputed() {
             .any(|l| l.level == "WARN" && l.message.contains("cannot be read")),
         "the recompute is explained in the run's logs: {logs:?}"
     );
-
-    // A manifest whose blob is gone is a plain miss.
-    let meta: weir_cache::EntryMeta = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    std::fs::remove_file(folder.path_of(&store.blob_path(&meta.blob))).unwrap();
-    assert_eq!(double_flow(x).await.unwrap(), x * 2);
-    assert_eq!(count(&what), 5);
 }
 
 #[weir::task(cache = "inputs", cache_expiration = "1h")]
@@ -832,8 +829,11 @@ async fn msgpack_results_round_trip_through_the_cache() {
 
 #[weir::task(cache = "inputs")]
 async fn shared(x: u64) -> anyhow::Result<u64> {
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    Ok(x * 10)
+    bump(&format!("shared-{x}"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A different value every time the body runs: a caller that got its own result rather
+    // than the one stored shows.
+    Ok(unique())
 }
 
 #[weir::flow]
@@ -846,13 +846,24 @@ async fn concurrent_writers_of_one_key_all_return_one_result() {
     env();
     let x = unique() % 1_000_000 + 3_000_000;
     let out = racing_flow(x).await.unwrap();
-    assert_eq!(out, vec![x * 10; 16]);
+    assert_eq!(
+        count(&format!("shared-{x}")),
+        1,
+        "the body ran once for 16 concurrent calls"
+    );
+    assert_eq!(out, vec![out[0]; 16], "every caller got the one result");
     let store = store();
     let key = key_of(shared(x));
-    assert!(matches!(
-        store.get(&key, 0).await.unwrap(),
-        weir_cache::Lookup::Hit { .. }
-    ));
+    match store.get(&key, 0).await.unwrap() {
+        weir_cache::Lookup::Hit { bytes, .. } => {
+            assert_eq!(
+                serde_json::from_slice::<u64>(&bytes).unwrap(),
+                out[0],
+                "the stored result"
+            )
+        }
+        other => panic!("expected a hit, got {other:?}"),
+    }
     // (That no temp files are left behind is checked in weir-cache, where no other test
     // shares the folder.)
 }
@@ -1021,4 +1032,192 @@ async fn a_named_file_result_is_the_file_itself_and_edits_to_it_are_noticed() {
     std::fs::write(&named, "region,value\nhacked,0\n").unwrap();
     assert_eq!(export_flow(region.clone()).await.unwrap(), first);
     assert_eq!(count(&what), 2);
+}
+
+// ---------- files as inputs, artifacts inside results ----------
+
+/// Counts lines; never reads anything but its input file.
+#[weir::task(cache = "inputs")]
+fn line_count(file: weir::Artifact, tag: u64) -> anyhow::Result<u64> {
+    bump(&format!("lines-{tag}"));
+    Ok(std::fs::read_to_string(file.path())?.lines().count() as u64)
+}
+
+#[weir::flow]
+async fn lines_flow(path: String, tag: u64) -> anyhow::Result<u64> {
+    Ok(line_count(weir::Artifact::from_path(path), tag).await?)
+}
+
+/// Returns `tag` without opening its input: whatever happens to the file is the key's doing.
+#[weir::task(cache = "inputs")]
+async fn untouched(file: weir::Artifact, tag: u64) -> anyhow::Result<u64> {
+    let _ = file;
+    bump(&format!("untouched-{tag}"));
+    Ok(tag)
+}
+
+#[weir::flow]
+async fn untouched_flow(path: String, tag: u64) -> anyhow::Result<u64> {
+    Ok(untouched(weir::Artifact::from_path(path), tag).await?)
+}
+
+#[tokio::test]
+async fn a_file_input_rewritten_in_place_is_a_new_key_and_runs_again() {
+    env();
+    let tag = unique();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("input.csv");
+    std::fs::write(&path, "a\nb\n").unwrap();
+    let p = path.display().to_string();
+    assert_eq!(lines_flow(p.clone(), tag).await.unwrap(), 2);
+    let (again, report) = lines_flow(p.clone(), tag).with_report().await;
+    assert_eq!((again.unwrap(), report.cached), (2, 1), "unchanged: a hit");
+    // Same path, same size, other contents.
+    std::fs::write(&path, "a\nb\nc").unwrap();
+    std::fs::write(&path, "a\nbc\n").unwrap();
+    std::fs::write(&path, "a\nb\nc\n").unwrap();
+    let (changed, report) = lines_flow(p, tag).with_report().await;
+    assert_eq!((changed.unwrap(), report.cached), (3, 0), "a stale hit would say 2");
+    assert_eq!(count(&format!("lines-{tag}")), 2);
+}
+
+#[tokio::test]
+async fn the_same_contents_at_two_paths_are_one_key() {
+    env();
+    let tag = unique();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.csv"), dir.path().join("copy-of-a.csv"));
+    std::fs::write(&a, format!("{tag}\n")).unwrap();
+    std::fs::copy(&a, &b).unwrap();
+    assert_eq!(untouched_flow(a.display().to_string(), tag).await.unwrap(), tag);
+    let (r, report) = untouched_flow(b.display().to_string(), tag).with_report().await;
+    assert_eq!((r.unwrap(), report.cached), (tag, 1));
+    assert_eq!(count(&format!("untouched-{tag}")), 1);
+}
+
+#[tokio::test]
+async fn a_missing_input_file_fails_the_task_run_naming_the_input_and_the_file() {
+    env();
+    let tag = unique();
+    let path = format!("/nonexistent/weir-{tag}/input.csv");
+    let err = untouched_flow(path.clone(), tag).await.unwrap_err();
+    let msg = format!("{:#}", anyhow::Error::from(err));
+    assert!(
+        msg.contains("input `file`") && msg.contains(&path) && msg.contains("No such file"),
+        "{msg}"
+    );
+    assert_eq!(count(&format!("untouched-{tag}")), 0, "the body never ran");
+}
+
+#[weir::task(cache = "inputs")]
+fn temp_result(tag: u64) -> anyhow::Result<weir::Artifact> {
+    use std::io::Write;
+    bump(&format!("temp-{tag}"));
+    let mut out = weir::Artifact::create()?;
+    write!(out, "made for {tag}")?;
+    Ok(out.finish()?)
+}
+
+#[weir::flow]
+async fn temp_flow(tag: u64) -> anyhow::Result<(String, String)> {
+    let file = temp_result(tag).await?;
+    let text = std::fs::read_to_string(file.path())?;
+    Ok((file.path().display().to_string(), text))
+}
+
+#[tokio::test]
+async fn artifact_create_files_are_gone_once_stored_and_dropped() {
+    env();
+    let tag = unique();
+    let (path, text) = temp_flow(tag).await.unwrap();
+    assert_eq!(text, format!("made for {tag}"), "the caller read its result");
+    assert!(!std::path::Path::new(&path).exists(), "{path} was left behind");
+    let (again, report) = temp_flow(tag).with_report().await;
+    let (stored, text) = again.unwrap();
+    assert_eq!((text, report.cached), (format!("made for {tag}"), 1));
+    assert!(
+        std::path::Path::new(&stored).exists(),
+        "a hit hands out the stored copy, kept"
+    );
+    assert_eq!(count(&format!("temp-{tag}")), 1);
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Summary {
+    rows: u64,
+    extra: Option<weir::Artifact>,
+    missing: Option<weir::Artifact>,
+}
+
+/// Writes `n` files into `dir` (user files, not temporary) and returns them.
+#[weir::task(cache = "inputs")]
+fn parts(n: u64, dir: String, tag: u64) -> anyhow::Result<(Vec<weir::Artifact>, Summary)> {
+    bump(&format!("parts-{tag}"));
+    let mut files = Vec::new();
+    for i in 0..n {
+        let p = std::path::Path::new(&dir).join(format!("part-{i}.csv"));
+        std::fs::write(&p, format!("part {i} of {tag}\n"))?;
+        files.push(weir::Artifact::from_path(p));
+    }
+    let extra = std::path::Path::new(&dir).join("summary.txt");
+    std::fs::write(&extra, format!("{n} parts of {tag}"))?;
+    let summary = Summary {
+        rows: n,
+        extra: Some(weir::Artifact::from_path(extra)),
+        missing: None,
+    };
+    Ok((files, summary))
+}
+
+#[weir::flow]
+async fn parts_flow(n: u64, dir: String, tag: u64) -> anyhow::Result<Vec<String>> {
+    let (files, summary) = parts(n, dir, tag).await?;
+    anyhow::ensure!(summary.missing.is_none() && summary.rows == n);
+    let mut out = Vec::new();
+    for f in files.iter().chain(summary.extra.iter()) {
+        out.push(std::fs::read_to_string(f.path())?);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn artifacts_inside_a_result_are_stored_and_come_back_as_files() {
+    env();
+    let tag = unique();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().display().to_string();
+    let first = parts_flow(3, dir.clone(), tag).await.unwrap();
+    let expected: Vec<String> = (0..3)
+        .map(|i| format!("part {i} of {tag}\n"))
+        .chain([format!("3 parts of {tag}")])
+        .collect();
+    assert_eq!(first, expected);
+    // The task's own files are gone: only the store can answer now.
+    drop(work);
+    let (again, report) = parts_flow(3, dir, tag).with_report().await;
+    assert_eq!(report.cached, 1);
+    assert_eq!(again.unwrap(), expected);
+    assert_eq!(count(&format!("parts-{tag}")), 1);
+}
+
+#[tokio::test]
+async fn a_result_whose_stored_file_is_gone_is_recomputed_and_repaired() {
+    env();
+    let tag = unique();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().display().to_string();
+    let first = parts_flow(2, dir.clone(), tag).await.unwrap();
+    let key = parts(2, dir.clone(), tag).cache_key().unwrap().unwrap();
+    let store = Store::new(Arc::new(FolderBackend::open(&env().results).unwrap()));
+    let meta = store.entry(&key).await.unwrap().expect("stored");
+    assert_eq!(meta.files.len(), 3, "{meta:?}");
+    let gone = env().results.join(store.blob_path(&meta.files[1]));
+    std::fs::remove_file(&gone).unwrap();
+
+    let (again, report) = parts_flow(2, dir.clone(), tag).with_report().await;
+    assert_eq!((again.unwrap(), report.cached), (first.clone(), 0));
+    assert!(gone.exists(), "the entry was replaced, its file stored again");
+    let (third, report) = parts_flow(2, dir, tag).with_report().await;
+    assert_eq!((third.unwrap(), report.cached), (first, 1));
+    assert_eq!(count(&format!("parts-{tag}")), 2);
 }

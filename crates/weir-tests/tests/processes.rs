@@ -159,7 +159,8 @@ fn a_writer_killed_mid_write_leaves_no_readable_partial_entry() {
 
 use std::io::{BufRead, BufReader};
 
-use weir_tests::s3::{S3sServer, credentials_env, moto_endpoint};
+use weir_tests::mounts::{Bindfs, JuiceFs};
+use weir_tests::s3::{S3sServer, credentials_env, moto_bucket, moto_endpoint};
 
 fn probe_s3(home: &Path, url: &str) -> Command {
     let mut cmd = probe(home);
@@ -189,33 +190,34 @@ fn two_processes_on_two_homes_share_one_s3_store() {
         .unwrap());
     assert_eq!((first.as_str(), second.as_str()), ("miss", "hit"));
     assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1);
-    // The second machine kept a local copy: its local tier now answers without S3.
+    // The second machine kept a local copy…
     let local = files_in(&b.path().join("local-cache/v1/manifests"));
     assert_eq!(local.len(), 1, "{local:?}");
+    // …but never trusts it without S3's manifest: with the server gone the task computes
+    // without the cache (the copy may be stale), and says so.
     drop(server);
-    let offline = probe_s3(b.path(), &url).args(["run", "31"]).output().unwrap();
-    assert_eq!(ok(offline), "hit", "served from the local tier with the S3 server gone");
+    let offline = probe_s3(b.path(), &url)
+        .env("PROBE_MARKER", &marker)
+        .args(["run", "31"])
+        .output()
+        .unwrap();
+    let warning = String::from_utf8_lossy(&offline.stderr).into_owned();
+    assert_eq!(ok(offline), "miss", "computed, not served from an unconfirmed copy");
+    assert!(warning.contains("without the cache"), "{warning}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 2);
 }
 
-#[test]
-fn eight_processes_computing_one_key_compute_it_once() {
-    let Some(endpoint) = moto_endpoint() else { return };
-    let bucket = format!("race-{}", std::process::id());
-    let made = Command::new("python3")
-        .args([
-            "-c",
-            &format!("import urllib.request as u; u.urlopen(u.Request('{endpoint}/{bucket}', method='PUT')).read()"),
-        ])
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let url = format!("s3://{bucket}/race?endpoint={endpoint}");
+/// Eight processes (separate homes: eight "machines") run one cached task with the same
+/// input at once, process `i` on the store `locations[i % len]`: the body runs once, one
+/// process misses and seven hit.
+fn eight_processes_compute_one_key_once(locations: &[String]) {
     let marker = tempfile::NamedTempFile::new().unwrap();
     let homes: Vec<_> = (0..8).map(|_| tempfile::tempdir().unwrap()).collect();
     let children: Vec<_> = homes
         .iter()
-        .map(|h| {
-            probe_s3(h.path(), &url)
+        .enumerate()
+        .map(|(i, h)| {
+            probe_s3(h.path(), &locations[i % locations.len()])
                 .env("PROBE_MARKER", marker.path())
                 .env("PROBE_WORK_MS", "1500")
                 .args(["run", "77"])
@@ -239,6 +241,147 @@ fn eight_processes_computing_one_key_compute_it_once() {
     );
     assert_eq!(outs.iter().filter(|o| *o == "miss").count(), 1, "{outs:?}");
     assert_eq!(outs.iter().filter(|o| *o == "hit").count(), 7, "{outs:?}");
+}
+
+#[test]
+fn eight_processes_computing_one_key_compute_it_once() {
+    let Some(endpoint) = moto_endpoint() else { return };
+    let bucket = moto_bucket(&endpoint, "race");
+    eight_processes_compute_one_key_once(&[format!("s3://{bucket}/race?endpoint={endpoint}")]);
+}
+
+#[test]
+fn eight_processes_on_two_juicefs_mounts_compute_one_key_once() {
+    let Some(jfs) = JuiceFs::folder("compute-once") else {
+        return;
+    };
+    let mounts: Vec<String> = jfs.dirs.iter().map(|d| d.display().to_string()).collect();
+    eight_processes_compute_one_key_once(&mounts);
+}
+
+// ---------- races between processes ----------
+
+const PROCESS_WRITERS: usize = 8;
+const PROCESS_ROUNDS: u64 = 8;
+
+/// One writer process of a race (`cache_probe race`), driven line by line.
+struct Racer {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Racer {
+    fn next_line(&mut self) -> String {
+        match self.lines.next() {
+            Some(Ok(l)) => l,
+            _ => {
+                let status = self.child.wait().unwrap();
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("racer exited ({status}): {err}");
+            }
+        }
+    }
+}
+
+/// [`PROCESS_WRITERS`] processes race for one key per round, [`PROCESS_ROUNDS`] rounds, writer
+/// `w` on the store `locations[w % len]`; each round every writer is released at once (all
+/// ready, then `go` to each), puts if absent and reads back, then asks for the round's lease.
+/// Exactly one wins each, and every writer reads the winner's bytes and sees the winner
+/// holding the lease.
+fn processes_race(locations: &[String]) {
+    use std::io::Write;
+    use weir_tests::store_suite::{RaceOutcome, check_round, fresh_salt, most_at_once, race_bytes, race_holder};
+    let home = tempfile::tempdir().unwrap();
+    let salt = fresh_salt("process-races");
+    let mut racers: Vec<Racer> = (0..PROCESS_WRITERS)
+        .map(|w| {
+            let mut child = probe_s3(home.path(), "unused")
+                .args([
+                    "race",
+                    &locations[w % locations.len()],
+                    &salt,
+                    &w.to_string(),
+                    &PROCESS_ROUNDS.to_string(),
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.take().unwrap();
+            let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            Racer { child, stdin, lines }
+        })
+        .collect();
+    let mut overlapped = 0;
+    for r in 0..PROCESS_ROUNDS {
+        for what in ["put", "lease"] {
+            for racer in &mut racers {
+                assert_eq!(racer.next_line(), "ready");
+            }
+            // Everyone is ready: release them together.
+            for racer in &mut racers {
+                racer.stdin.write_all(b"go\n").unwrap();
+                racer.stdin.flush().unwrap();
+            }
+            let mut outcomes = Vec::new();
+            let mut spans = Vec::new();
+            for (w, racer) in racers.iter_mut().enumerate() {
+                let line = racer.next_line();
+                let f: Vec<&str> = line.split(' ').collect();
+                assert_eq!((f.len(), f[0], f[1]), (6, what, r.to_string().as_str()), "{line}");
+                spans.push((f[3].parse::<u128>().unwrap(), f[4].parse::<u128>().unwrap()));
+                outcomes.push(RaceOutcome {
+                    writer: w,
+                    won: f[2] == "won",
+                    seen: f[5].to_string(),
+                });
+            }
+            if what == "put" {
+                check_round("put if absent across processes", r, &outcomes, |w| race_bytes(w, r));
+                overlapped = overlapped.max(most_at_once(&spans));
+            } else {
+                check_round("lease across processes", r, &outcomes, race_holder);
+            }
+        }
+    }
+    for mut racer in racers {
+        drop(racer.stdin);
+        assert!(racer.child.wait().unwrap().success());
+    }
+    assert!(overlapped >= 2, "the writer processes never overlapped");
+}
+
+#[test]
+fn writers_in_separate_processes_race_on_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    processes_race(&[dir.path().display().to_string()]);
+}
+
+#[test]
+fn writers_in_separate_processes_race_on_a_fuse_mount() {
+    let Some(fuse) = Bindfs::mount() else { return };
+    processes_race(&[fuse.path().display().to_string()]);
+}
+
+#[test]
+fn writers_in_separate_processes_race_on_moto() {
+    let Some(endpoint) = moto_endpoint() else { return };
+    let bucket = moto_bucket(&endpoint, "process-race");
+    processes_race(&[format!("s3://{bucket}/race?endpoint={endpoint}")]);
+}
+
+#[test]
+fn writers_in_separate_processes_race_on_two_juicefs_mounts() {
+    let Some(jfs) = JuiceFs::folder("process-races") else {
+        return;
+    };
+    let mounts: Vec<String> = jfs.dirs.iter().map(|d| d.display().to_string()).collect();
+    processes_race(&mounts);
 }
 
 #[test]
@@ -369,12 +512,306 @@ fn a_large_file_result_goes_to_s3_in_parts_and_comes_back_through_the_local_tier
     std::fs::remove_file(work.path().join(format!("made-{size}"))).unwrap();
     let (second, len, peak2) = file_run(&mut probe_s3(b.path(), &url), size, work.path());
     assert_eq!((first.as_str(), second.as_str(), len), ("miss", "hit", size));
+    // It went up in parts (8 MiB each), not as one request holding the whole file.
+    assert_eq!(server.requests("CreateMultipartUpload"), 1, "one multipart upload");
+    assert_eq!(server.requests("CompleteMultipartUpload"), 1, "one multipart upload");
+    assert!(
+        server.requests("UploadPart") >= size / (8 << 20),
+        "{} parts for {size} bytes",
+        server.requests("UploadPart")
+    );
     let extra_mib = (peak1.max(peak2).saturating_sub(baseline)) / 1024;
     assert!(extra_mib <= 64, "peak memory grew by {extra_mib} MiB");
     // The second machine downloaded it once into its local tier.
     let local = files_in(&b.path().join("local-cache/files"));
     assert_eq!(local.len(), 1, "{local:?}");
     assert_eq!(std::fs::metadata(&local[0]).unwrap().len(), size);
+}
+
+/// Two "machines" (own homes, own working folders) share one store; the first computes a
+/// result holding files it wrote under its working folder, then those files are deleted. The
+/// second must get a hit whose files exist and hold the right bytes.
+fn artifacts_inside_results_reach_another_machine(store_env: &[(String, String)]) {
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (work_a, work_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let marker = home_a.path().join("marker");
+    let run = |home: &Path, work: &Path| {
+        let mut cmd = probe(home);
+        cmd.current_dir(work)
+            .env("PROBE_MARKER", &marker)
+            .envs(store_env.iter().cloned());
+        ok(cmd.args(["parts", "3"]).output().unwrap())
+    };
+    let expected = "part 0 of 3\npart 1 of 3\npart 2 of 3\n3 parts";
+    assert_eq!(run(home_a.path(), work_a.path()), format!("miss\n{expected}"));
+    std::fs::remove_dir_all(work_a.path().join("parts")).unwrap();
+    assert_eq!(run(home_b.path(), work_b.path()), format!("hit\n{expected}"));
+    assert!(!work_b.path().join("parts").exists(), "the hit did not run the task");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn artifacts_inside_a_result_reach_another_machine_through_s3() {
+    let server = S3sServer::start(&["results"]).unwrap();
+    let mut store_env: Vec<(String, String)> = credentials_env()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    store_env.push(("WEIR_RESULTS".into(), server.url("results", "nested")));
+    artifacts_inside_results_reach_another_machine(&store_env);
+}
+
+#[test]
+fn artifacts_inside_a_result_reach_another_machine_through_a_shared_folder() {
+    let shared = tempfile::tempdir().unwrap();
+    let store_env = vec![("WEIR_RESULTS".to_string(), shared.path().display().to_string())];
+    artifacts_inside_results_reach_another_machine(&store_env);
+}
+
+// ---------- leases: one computation per key, and holders that stalled ----------
+
+/// A `WEIR_RESULTS` URL for a fresh bucket on the moto server, if there is one.
+fn moto_results(name: &str) -> Option<String> {
+    let endpoint = moto_endpoint()?;
+    let bucket = moto_bucket(&endpoint, name);
+    Some(format!("s3://{bucket}/leases?endpoint={endpoint}"))
+}
+
+fn marks(marker: &Path) -> Vec<String> {
+    std::fs::read_to_string(marker)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{sig}");
+}
+
+/// Starts `n` probes at once (each with its own home, like separate machines) and returns
+/// each one's stdout.
+fn race(n: usize, mut cmd: impl FnMut(&Path) -> Command) -> Vec<String> {
+    let homes: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let children: Vec<_> = homes
+        .iter()
+        .map(|h| {
+            cmd(h.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| ok(c.wait_with_output().unwrap()))
+        .collect()
+}
+
+/// A holder frozen (SIGSTOP) inside the task body stops renewing its lease; another process
+/// takes the key over and publishes. When the first one wakes up it must not replace that
+/// result with its own: both refresh the key, so both would publish with replace.
+fn a_stalled_holder_does_not_publish_over_the_next_holder(results: &str) {
+    let homes: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let marker = homes[0].path().join("marker");
+    let cmd = |home: &Path| {
+        let mut c = probe_s3(home, results);
+        c.env("PROBE_MARKER", &marker).env("WEIR_LEASE_TTL", "1s");
+        c
+    };
+    let mut a = cmd(homes[0].path())
+        .env("WEIR_REFRESH_CACHE", "1")
+        .env("PROBE_WORK_MS", "300")
+        .args(["stamp", "40"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut a_log = BufReader::new(a.stderr.take().unwrap()).lines();
+    loop {
+        let line = a_log.next().expect("the holder exited early").unwrap();
+        if line.contains("computing 40") {
+            break;
+        }
+    }
+    signal(&a, "STOP");
+    let b = cmd(homes[1].path())
+        .env("WEIR_REFRESH_CACHE", "1")
+        .env("WEIR_LOG", "info")
+        .args(["stamp", "40"])
+        .output()
+        .unwrap();
+    let b_log = String::from_utf8_lossy(&b.stderr).to_string();
+    let b_out = ok(b);
+    let b_value = b_out
+        .strip_prefix("miss ")
+        .expect("the second process computed")
+        .to_string();
+    assert!(
+        b_log.contains("waiting for"),
+        "the second process waited for the first one's lease: {b_log}"
+    );
+    signal(&a, "CONT");
+    let a_rest: Vec<String> = a_log.map(|l| l.unwrap()).collect();
+    assert!(a.wait().unwrap().success());
+    assert!(
+        a_rest.iter().any(|l| l.contains("lost the lease")),
+        "the first process was told it lost its lease: {a_rest:?}"
+    );
+    assert_eq!(marks(&marker).len(), 2, "both bodies ran");
+    let now = ok(cmd(homes[2].path()).args(["stamp", "40"]).output().unwrap());
+    assert_eq!(now, format!("hit {b_value}"), "the new holder's result stands");
+}
+
+#[test]
+fn a_stalled_holder_does_not_publish_over_the_next_holder_on_a_folder() {
+    let results = tempfile::tempdir().unwrap();
+    a_stalled_holder_does_not_publish_over_the_next_holder(&results.path().display().to_string());
+}
+
+#[test]
+fn a_stalled_holder_does_not_publish_over_the_next_holder_on_s3() {
+    let Some(url) = moto_results("stalled") else { return };
+    a_stalled_holder_does_not_publish_over_the_next_holder(&url);
+}
+
+#[test]
+fn processes_meeting_one_expired_damaged_or_refreshed_entry_compute_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let url = results.display().to_string();
+    for (n, case) in [(50, "expired"), (51, "damaged"), (52, "refreshed")] {
+        let marker = dir.path().join(format!("marker-{n}"));
+        let seed = tempfile::tempdir().unwrap();
+        let first = ok(probe_s3(seed.path(), &url)
+            .env("PROBE_MARKER", &marker)
+            .args(["stamp", &n.to_string()])
+            .output()
+            .unwrap());
+        assert!(first.starts_with("miss"), "{first}");
+        let env: &[(&str, &str)] = match case {
+            // Two hours on: the entry (valid for one) has expired for every racer.
+            "expired" => &[("PROBE_CLOCK_AHEAD_S", "7200")],
+            "refreshed" => &[("WEIR_REFRESH_CACHE", "1")],
+            _ => {
+                for blob in files_in(&results.join("v1/blobs")) {
+                    std::fs::write(blob, b"damaged").unwrap();
+                }
+                // Small results live in their manifest: damage the bytes there too.
+                for manifest in files_in(&results.join("v1/manifests")) {
+                    let mut meta: weir_cache::EntryMeta =
+                        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+                    meta.inline = meta.inline.map(|b| b.iter().map(|x| x ^ 1).collect());
+                    std::fs::write(&manifest, serde_json::to_vec(&meta).unwrap()).unwrap();
+                }
+                &[]
+            }
+        };
+        let outs = race(6, |home| {
+            let mut c = probe_s3(home, &url);
+            c.env("PROBE_MARKER", &marker)
+                .env("PROBE_WORK_MS", "800")
+                .envs(env.iter().copied())
+                .args(["stamp", &n.to_string()]);
+            c
+        });
+        let computed = marks(&marker);
+        assert_eq!(computed.len(), 2, "{case}: computed again more than once: {computed:?}");
+        assert_eq!(
+            outs.iter().filter(|o| o.starts_with("miss")).count(),
+            1,
+            "{case}: {outs:?}"
+        );
+        let values: std::collections::BTreeSet<&str> =
+            outs.iter().filter_map(|o| o.split_once(' ')).map(|(_, v)| v).collect();
+        assert_eq!(values.len(), 1, "{case}: everyone got the one new result: {outs:?}");
+    }
+}
+
+#[test]
+fn processes_writing_one_result_name_store_one_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let url = results.display().to_string();
+    let store = weir_cache::Store::new(std::sync::Arc::new(
+        weir_cache::folder::FolderBackend::open(&results).unwrap(),
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (mode, name) in [("skip", "race/eu.json"), ("error", "strict-race/eu.json")] {
+        let marker = dir.path().join(format!("marker-{mode}"));
+        let outs = race(6, |home| {
+            let mut c = probe_s3(home, &url);
+            c.env("PROBE_MARKER", &marker)
+                .env("PROBE_WORK_MS", "500")
+                .args(["named", mode, "eu"]);
+            c
+        });
+        assert_eq!(marks(&marker).len(), 1, "{mode}: one body ran: {outs:?}");
+        let winners: Vec<&String> = outs.iter().filter(|o| o.starts_with("miss")).collect();
+        assert_eq!(winners.len(), 1, "{mode}: {outs:?}");
+        let value = winners[0].strip_prefix("miss ").unwrap();
+        let others = if mode == "skip" {
+            format!("hit {value}")
+        } else {
+            "error".to_string()
+        };
+        for o in outs.iter().filter(|o| !o.starts_with("miss")) {
+            assert!(o.starts_with(&others), "{mode}: {outs:?}");
+            if mode == "error" {
+                assert!(o.contains("already has a result"), "{o}");
+            }
+        }
+        // The readable file holds the winner's result, and its manifest agrees.
+        let stored: String = serde_json::from_slice(&std::fs::read(results.join("named").join(name)).unwrap()).unwrap();
+        assert_eq!(stored, value, "{mode}");
+        let found = rt
+            .block_on(weir_cache::ResultStore::get_named(&store, name, 0))
+            .unwrap();
+        assert!(matches!(found, weir_cache::Lookup::Hit { .. }), "{mode}: {found:?}");
+    }
+}
+
+/// Machines may set `WEIR_LEASE_TTL` differently. A holder with a long TTL renews rarely
+/// (every third of its TTL); a waiter with a short one must still see it as alive, not take
+/// the key over after two of its own TTLs and compute it a second time.
+#[test]
+fn a_waiter_with_a_shorter_lease_ttl_waits_for_a_live_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results").display().to_string();
+    let marker = dir.path().join("marker");
+    let homes: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = probe_s3(homes[0].path(), &results)
+        .env("PROBE_MARKER", &marker)
+        .env("WEIR_LEASE_TTL", "30s")
+        .env("PROBE_WORK_MS", "5000")
+        .args(["stamp", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut a_log = BufReader::new(a.stderr.take().unwrap()).lines();
+    loop {
+        let line = a_log.next().expect("the holder exited early").unwrap();
+        if line.contains("computing 60") {
+            break;
+        }
+    }
+    let b = ok(probe_s3(homes[1].path(), &results)
+        .env("PROBE_MARKER", &marker)
+        .env("WEIR_LEASE_TTL", "1s")
+        .args(["stamp", "60"])
+        .output()
+        .unwrap());
+    let a_out = a.wait_with_output().unwrap();
+    let a_value = ok(a_out);
+    assert_eq!(marks(&marker).len(), 1, "computed twice: {:?}", marks(&marker));
+    let a_value = a_value.strip_prefix("miss ").unwrap();
+    assert_eq!(b, format!("hit {a_value}"));
 }
 
 #[test]

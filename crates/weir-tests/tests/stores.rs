@@ -1,15 +1,15 @@
-//! The store behaviour suite against every backend: a folder, a FUSE mount (bindfs, a
-//! stand-in for JuiceFS), memory, s3s-fs and moto.
+//! The store behaviour suite against every backend: a folder, a FUSE mount (bindfs), two
+//! mounts of one real JuiceFS volume, memory, s3s-fs and moto.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use weir_cache::folder::FolderBackend;
 use weir_cache::object::ObjectBackend;
-use weir_cache::{OpenOptions, Store};
-use weir_tests::s3::{S3sServer, moto_endpoint, set_credentials};
-use weir_tests::store_suite;
+use weir_cache::{OpenOptions, ResultStore, Store};
+use weir_tests::mounts::{Bindfs, JuiceFs};
+use weir_tests::s3::{S3sServer, moto_bucket, moto_endpoint, set_credentials};
+use weir_tests::store_suite::{self, RACE_ROUNDS};
 
 fn folder_store(dir: &Path) -> Store {
     Store::new(Arc::new(FolderBackend::open(dir).unwrap().without_fsync()))
@@ -40,7 +40,7 @@ fn url_store(url: &str) -> Store {
 async fn folder_backend() {
     let dir = tempfile::tempdir().unwrap();
     store_suite::all(&folder_store(dir.path())).await;
-    store_suite::races(Arc::new(folder_store(dir.path()))).await;
+    store_suite::races(RACE_ROUNDS, |_| folder_store(dir.path()));
     assert_eq!(
         std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
         0,
@@ -88,66 +88,52 @@ async fn s3_with_wrong_credentials_is_a_clear_error() {
 async fn moto_server() {
     let Some(endpoint) = moto_endpoint() else { return };
     set_credentials();
-    // moto accepts any credentials and creates buckets on request.
-    let bucket = format!("weir-{}", std::process::id());
-    let created = Command::new("python3")
-        .args([
-            "-c",
-            &format!("import urllib.request as u; u.urlopen(u.Request('{endpoint}/{bucket}', method='PUT')).read()"),
-        ])
-        .status()
-        .unwrap();
-    assert!(created.success());
+    let bucket = moto_bucket(&endpoint, "weir");
     let url = format!("s3://{bucket}/suite?endpoint={endpoint}");
     store_suite::all(&url_store(&url)).await;
-    store_suite::races(Arc::new(url_store(&url))).await;
-}
-
-/// A bindfs mount of a temp dir, unmounted when dropped.
-struct Fuse {
-    mount: tempfile::TempDir,
-    _src: tempfile::TempDir,
-}
-
-impl Fuse {
-    fn mount() -> Option<Fuse> {
-        let have = Command::new("bindfs").arg("--version").output().is_ok();
-        if !have {
-            assert!(
-                std::env::var("WEIR_TEST_REQUIRE_FUSE").as_deref() != Ok("1"),
-                "WEIR_TEST_REQUIRE_FUSE=1 but bindfs is not installed"
-            );
-            eprintln!("skipping: bindfs is not installed (scripts/test.sh installs it)");
-            return None;
-        }
-        let src = tempfile::tempdir().unwrap();
-        let mount = tempfile::tempdir().unwrap();
-        let ok = Command::new("bindfs")
-            .arg(src.path())
-            .arg(mount.path())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "bindfs failed");
-        Some(Fuse { mount, _src: src })
-    }
-}
-
-impl Drop for Fuse {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3").arg("-u").arg(self.mount.path()).status();
-    }
+    // Each request is a few ms on moto: fewer rounds.
+    store_suite::races(8, |_| url_store(&url));
 }
 
 #[tokio::test]
 async fn fuse_mounted_folder() {
-    let Some(fuse) = Fuse::mount() else { return };
-    let is_fuse = std::fs::read_to_string("/proc/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains(&*fuse.mount.path().to_string_lossy()) && l.contains("fuse"));
-    assert!(is_fuse, "the folder is really a FUSE mount");
-    store_suite::all(&folder_store(fuse.mount.path())).await;
-    store_suite::races(Arc::new(folder_store(fuse.mount.path()))).await;
+    let Some(fuse) = Bindfs::mount() else { return };
+    store_suite::all(&folder_store(fuse.path())).await;
+    store_suite::races(RACE_ROUNDS, |_| folder_store(fuse.path()));
+}
+
+/// A folder store that fsyncs before publishing, as users run it (the default).
+fn durable_folder_store(dir: &Path) -> Store {
+    Store::new(Arc::new(FolderBackend::open(dir).unwrap()))
+}
+
+/// One JuiceFS volume, two clients: the suite through one, the races through both (even
+/// writers on the first mount, odd on the second), as two machines sharing it would.
+#[tokio::test]
+async fn juicefs_volume_mounted_twice() {
+    let Some(jfs) = JuiceFs::folder("stores") else { return };
+    store_suite::all(&durable_folder_store(&jfs.dirs[0])).await;
+    // What one client wrote, the other reads.
+    let k = store_suite::key("juicefs-across", 1);
+    let (a, b) = (durable_folder_store(&jfs.dirs[0]), durable_folder_store(&jfs.dirs[1]));
+    a.put(
+        store_suite::meta(&k),
+        b"from the first".to_vec(),
+        weir_cache::PutMode::IfAbsent,
+    )
+    .await
+    .unwrap();
+    assert_eq!(store_suite::hit_bytes(&b, &k).await, b"from the first");
+    store_suite::races(16, |w| durable_folder_store(&jfs.dirs[w % 2]));
+}
+
+/// Without fsync (`WEIR_CACHE_FSYNC=0`) JuiceFS (like NFS) commits a file's data only on close:
+/// the folder backend must close its temp file before linking it into place, or the other
+/// client reads the just-published manifest (or lease) as empty.
+#[tokio::test]
+async fn juicefs_without_fsync_never_shows_another_client_an_empty_file() {
+    let Some(jfs) = JuiceFs::folder("no-fsync") else { return };
+    store_suite::races(16, |w| folder_store(&jfs.dirs[w % 2]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,17 +146,17 @@ async fn the_local_tier_serves_repeated_hits_and_evicts_least_recently_used() {
     let server = S3sServer::start(&["weir"]).unwrap();
     let remote: Arc<dyn ResultStore> = Arc::new(url_store(&server.url("weir", "tier")));
     let local_dir = tempfile::tempdir().unwrap();
-    // Room for about three 1 KiB results.
+    // Room for about three 8 KiB results (stored as blobs: above the inline size).
     let tier = Tiered::new(
         FolderBackend::open(local_dir.path()).unwrap(),
         remote.clone(),
-        3 * 1024 + 512,
+        3 * 8192 + 512,
     );
     let keys: Vec<_> = (0..5).map(|i| store_suite::key("tier", i)).collect();
     for (i, k) in keys.iter().enumerate() {
         // Written by "another machine": straight to the remote store.
         remote
-            .put(store_suite::meta(k), vec![i as u8; 1024], weir_cache::PutMode::IfAbsent)
+            .put(store_suite::meta(k), vec![i as u8; 8192], weir_cache::PutMode::IfAbsent)
             .await
             .unwrap();
     }
@@ -199,4 +185,37 @@ async fn the_local_tier_serves_repeated_hits_and_evicts_least_recently_used() {
     );
     // An evicted entry is still a hit, through the remote store.
     assert!(hit(tier.get(&keys[1], 0).await.unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_atomicity_probe_tells_a_check_then_write_server_from_an_atomic_one() {
+    use weir_cache::ResultStore;
+    set_credentials();
+    // s3s-fs claims If-None-Match (and OpenDAL's S3 capability says so), but checks, then
+    // writes: concurrent creators can both win.
+    let server = S3sServer::start(&["weir"]).unwrap();
+    let s3s = url_store(&server.url("weir", "probe"));
+    assert!(s3s.backend().atomic_if_absent(), "the claimed capability");
+    for _ in 0..5 {
+        // Fresh stores, so each runs its own probe: it must be reliable, not lucky.
+        let s3s = url_store(&server.url("weir", "probe"));
+        assert!(
+            !s3s.backend().probe_atomic().await.unwrap(),
+            "s3s-fs measured as not atomic"
+        );
+    }
+    assert!(!s3s.atomic_leases().await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        folder_store(dir.path()).atomic_leases().await.unwrap(),
+        "link(2) is atomic"
+    );
+    let memory = Store::new(Arc::new(ObjectBackend::memory().unwrap()));
+    assert!(memory.atomic_leases().await.unwrap());
+    let Some(endpoint) = moto_endpoint() else { return };
+    let bucket = moto_bucket(&endpoint, "probe");
+    for _ in 0..3 {
+        let moto = url_store(&format!("s3://{bucket}/probe?endpoint={endpoint}"));
+        assert!(moto.backend().probe_atomic().await.unwrap(), "moto measured as atomic");
+    }
 }

@@ -1,13 +1,15 @@
 //! How a task run uses the result store: key material from the inputs, lookup, isolation
 //! leases, publish.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use weir_cache::canonical::CanonicalError;
 use weir_cache::{
-    CacheKey, EntryMeta, Format, KeyParts, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, ResultStore,
+    CacheKey, EntryMeta, Format, KeyParts, Lease, LeaseOutcome, Lookup, PutMode, PutOutcome, Renewal, ResultStore,
+    StoredFiles,
 };
 
 use crate::task::{CachePolicy, TaskSpec};
@@ -49,7 +51,7 @@ impl KeyMaterial {
 
     pub(crate) fn parts<'a>(&'a self, spec: &'a TaskSpec) -> KeyParts<'a> {
         KeyParts {
-            task_path: spec.path,
+            task_path: (spec.key_path)(),
             cache_version: spec.cache_version,
             source_hash: (spec.cache == CachePolicy::InputsAndSource).then_some(spec.source_hash),
             inputs: &self.inputs,
@@ -117,20 +119,18 @@ pub(crate) async fn lookup<T>(
         return lookup_file(store, key, from_file, spec).await;
     }
     match store.get(key, weir_types::time::now_micros()).await {
-        Ok(Lookup::Hit { meta, bytes }) => {
-            match Format::from_name(&meta.serializer).and_then(|f| (codec.decode)(&bytes, f)) {
-                Ok(v) => Found::Value(v),
-                Err(e) => {
-                    tracing::warn!(
-                        target: "weir::cache",
-                        "cached result of {} (key {}) cannot be read as this task's output ({e}); recomputing",
-                        spec.name,
-                        meta.key.get(..16).unwrap_or(&meta.key)
-                    );
-                    Found::Compute(PutMode::Replace)
-                }
+        Ok(Lookup::Hit { meta, bytes }) => match decode_result(store, codec, &meta, &bytes).await {
+            Ok(v) => Found::Value(v),
+            Err(e) => {
+                tracing::warn!(
+                    target: "weir::cache",
+                    "cached result of {} (key {}) cannot be read as this task's output ({e}); recomputing",
+                    spec.name,
+                    meta.key.get(..16).unwrap_or(&meta.key)
+                );
+                Found::Compute(PutMode::Replace)
             }
-        }
+        },
         Ok(Lookup::Miss) => Found::Compute(PutMode::IfAbsent),
         Ok(Lookup::Expired { .. }) => {
             tracing::debug!(target: "weir::cache", "cached result of {} expired; recomputing", spec.name);
@@ -147,100 +147,287 @@ pub(crate) async fn lookup<T>(
     }
 }
 
-/// The right to compute a key, kept alive by a heartbeat until dropped or released.
-pub(crate) struct HeldLease {
-    store: Arc<dyn ResultStore>,
-    lease: Option<Lease>,
-    heartbeat: tokio::task::JoinHandle<()>,
+/// Identifies one stored entry, so that a process waiting for a key can tell the entry it
+/// saw (and decided to replace) from a newer one someone else published meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EntryId {
+    created_at: i64,
+    blob: String,
+    task_run_id: String,
 }
 
-impl HeldLease {
-    pub async fn release(mut self) {
-        self.heartbeat.abort();
-        if let Some(lease) = self.lease.take()
-            && let Err(e) = self.store.release(&lease).await
-        {
-            tracing::debug!(target: "weir::cache", "could not release the lease on {}: {e}", lease.key);
+impl From<&EntryMeta> for EntryId {
+    fn from(m: &EntryMeta) -> EntryId {
+        EntryId {
+            created_at: m.created_at,
+            blob: m.blob.clone(),
+            task_run_id: m.task_run_id.clone(),
         }
     }
 }
 
-impl Drop for HeldLease {
-    fn drop(&mut self) {
-        self.heartbeat.abort();
-        // Dropped without release (the run was cancelled): release in the background, or
-        // let the lease expire if the runtime is going away.
-        if let Some(lease) = self.lease.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            let store = self.store.clone();
-            rt.spawn(async move {
-                let _ = store.release(&lease).await;
-            });
+/// What the entry a run decided to compute was, for [`recheck`]: absent, expired or
+/// damaged (any usable entry found later is newer), or a usable entry being refreshed.
+pub(crate) enum Seen {
+    Unusable,
+    Refreshing(Option<EntryId>),
+}
+
+/// What looking again, while waiting for or holding a key's lease, found.
+pub(crate) enum Recheck<T> {
+    /// A usable result someone else published: take it.
+    Value(T),
+    /// Nothing newer than what this run saw: compute.
+    Compute,
+    /// Stop: this run must not compute (`on_duplicate = "error"` met a result).
+    Fail(String),
+}
+
+/// Looks a key up again after another process may have computed it.
+pub(crate) async fn recheck<T>(
+    store: &Arc<dyn ResultStore>,
+    key: &CacheKey,
+    codec: &Codec<T>,
+    spec: &TaskSpec,
+    seen: &Seen,
+) -> Recheck<T> {
+    if let Seen::Refreshing(old) = seen {
+        // The entry being refreshed is usable, so a lookup alone would take it: only a
+        // newer manifest is someone else's refresh.
+        match store.entry(key).await {
+            Ok(Some(m)) if Some(EntryId::from(&m)) != *old => {}
+            _ => return Recheck::Compute,
+        }
+    }
+    match lookup(store, key, codec, spec).await {
+        Found::Value(v) => Recheck::Value(v),
+        Found::Compute(_) => Recheck::Compute,
+    }
+}
+
+enum LeaseCmd {
+    /// Renew now and answer whether the lease is still ours.
+    Confirm(tokio::sync::oneshot::Sender<bool>),
+    Release(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The right to compute a key, kept alive by a heartbeat task (renewing every third of the
+/// TTL) until released or dropped. The heartbeat finds out when the lease was lost to
+/// another process (this one stalled past the expiry): [`HeldLease::confirm`] then says so,
+/// and the run must not publish over the new holder's result.
+pub(crate) struct HeldLease {
+    cmds: tokio::sync::mpsc::UnboundedSender<LeaseCmd>,
+}
+
+impl HeldLease {
+    fn start(store: Arc<dyn ResultStore>, lease: Lease, ttl: Duration) -> HeldLease {
+        let (cmds, rx) = tokio::sync::mpsc::unbounded_channel();
+        let beat = heartbeat(store, lease, ttl, rx);
+        // In the task run's scope, so its warnings name the run.
+        match crate::context::current() {
+            Some(scope) => tokio::spawn(crate::context::SCOPE.scope(scope, beat)),
+            None => tokio::spawn(beat),
+        };
+        HeldLease { cmds }
+    }
+
+    /// Renews the lease now: `true` if it is still ours, so publishing may replace an entry.
+    pub async fn confirm(&self) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.cmds.send(LeaseCmd::Confirm(tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Gives the lease up (only if it is still ours) and waits until that is done.
+    pub async fn release(self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.cmds.send(LeaseCmd::Release(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+// Dropped without `release` (the run was cancelled): the channel closes and the heartbeat
+// releases the lease in the background, or it expires if the runtime is going away.
+
+async fn heartbeat(
+    store: Arc<dyn ResultStore>,
+    mut lease: Lease,
+    ttl: Duration,
+    mut cmds: tokio::sync::mpsc::UnboundedReceiver<LeaseCmd>,
+) {
+    let ttl_us = ttl.as_micros() as i64;
+    let period = ttl / 3;
+    let mut lost = false;
+    let mut next = tokio::time::Instant::now() + period;
+    loop {
+        let cmd = tokio::select! {
+            _ = tokio::time::sleep_until(next), if !lost => None,
+            cmd = cmds.recv() => match cmd {
+                Some(cmd) => Some(cmd),
+                None => Some(LeaseCmd::Release(tokio::sync::oneshot::channel().0)),
+            },
+        };
+        match cmd {
+            Some(LeaseCmd::Release(done)) => {
+                if !lost && let Err(e) = store.release(&lease).await {
+                    tracing::debug!(target: "weir::cache", "could not release the lease on {}: {e}", lease.key);
+                }
+                let _ = done.send(());
+                return;
+            }
+            Some(LeaseCmd::Confirm(answer)) => {
+                if !lost {
+                    lost = !renew(&store, &mut lease, ttl_us).await;
+                }
+                let _ = answer.send(!lost);
+            }
+            None => lost = !renew(&store, &mut lease, ttl_us).await,
+        }
+        next = tokio::time::Instant::now() + period;
+    }
+}
+
+/// One renewal; `false` once the lease is (or may be) someone else's.
+async fn renew(store: &Arc<dyn ResultStore>, lease: &mut Lease, ttl_us: i64) -> bool {
+    let now = weir_types::time::now_micros();
+    match store.renew(lease, ttl_us, now).await {
+        Ok(Renewal::Renewed(next)) => {
+            *lease = next;
+            true
+        }
+        Ok(Renewal::Lost(rec)) => {
+            let by = rec.map(|r| r.holder).unwrap_or_else(|| "another process".into());
+            tracing::warn!(
+                target: "weir::cache",
+                "lost the lease on {} to {by} (this run stalled past its expiry); its result will not replace theirs",
+                lease.key
+            );
+            false
+        }
+        Err(e) => {
+            // A store blip: still ours until it expires, since nobody can take over before.
+            tracing::warn!(target: "weir::cache", "could not renew the lease on {}: {e}", lease.key);
+            lease.expires_at > now
         }
     }
 }
 
 /// What serializable isolation decided.
 pub(crate) enum Isolation<T> {
-    /// We hold the lease: compute.
+    /// We hold the lease (or isolation is unavailable): compute.
     Compute(Option<HeldLease>),
     /// Someone else computed it while we waited.
     Value(T),
+    /// [`Recheck::Fail`]: do not compute.
+    Fail(String),
+    /// The deadline passed while this process held the key.
+    TimedOut { holder: String },
 }
 
+/// How to wait for a key's lease.
+pub(crate) struct Waiting<'a> {
+    /// This run, as recorded in the lease (`host:pid (task run …)`).
+    pub holder: &'a str,
+    pub ttl: Duration,
+    /// The task's timeout covers waiting too.
+    pub deadline: Option<tokio::time::Instant>,
+    pub task: &'static str,
+}
+
+/// How many lease TTLs (the holder's or ours, whichever is longer) a holder may go without
+/// renewing (as seen by the waiter's own clock) before a waiter treats it as dead whatever
+/// its lease's expiry says: the holder's clock may be ahead of ours.
+const STALE_TTLS: u32 = 2;
+
+/// Whether this process has started measuring the store's create-if-absent (once: the
+/// engine has one store).
+static PROBE_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Makes sure one process computes a key at a time: takes the key's lease, or waits for
-/// whoever holds it to publish (or to die, and the lease to expire).
-pub(crate) async fn isolate<T>(
+/// whoever holds it to publish (or to die, and the lease to expire). `recheck` looks again
+/// once the lease is ours and after every wait, so a result published meanwhile is taken
+/// instead of computed again.
+///
+/// Bounded: by `deadline` (the task's timeout); without one, by the holder, for as long as
+/// it keeps renewing its lease (a live computation); a holder that stops is taken over
+/// after its lease expires, or after [`STALE_TTLS`] TTLs without a renewal by our clock.
+pub(crate) async fn isolate<T, F: Future<Output = Recheck<T>>>(
     store: &Arc<dyn ResultStore>,
     key: &CacheKey,
-    codec: &Codec<T>,
-    spec: &TaskSpec,
-    holder: &str,
-    ttl: Duration,
+    how: &Waiting<'_>,
+    mut recheck: impl FnMut() -> F,
 ) -> Isolation<T> {
-    let ttl_us = ttl.as_micros() as i64;
+    let ttl_us = how.ttl.as_micros() as i64;
+    if !PROBE_STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        // Only a warning depends on it: measure in the background, off the first miss's path.
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Ok(false) = store.atomic_leases().await {
+                tracing::warn!(
+                    target: "weir::cache",
+                    "{}: create-if-absent is not atomic on this store, so two processes may compute one key at once (leases are best-effort)",
+                    store.location()
+                );
+            }
+        });
+    }
     let mut wait = Duration::from_millis(20);
     let mut announced = false;
     let mut errors = 0;
+    // The holder's lease as last seen, and since when (our clock) it has not changed.
+    let mut last_seen: Option<((String, i64), tokio::time::Instant)> = None;
+    let mut take_over_at: Option<i64> = None;
     loop {
-        match store
-            .try_lease(key, holder, ttl_us, weir_types::time::now_micros())
-            .await
-        {
+        let now = weir_types::time::now_micros().max(take_over_at.unwrap_or(i64::MIN));
+        match store.try_lease(key, how.holder, ttl_us, now).await {
             Ok(LeaseOutcome::Acquired(lease)) => {
                 // It may have been published between our lookup and the lease.
-                if let Found::Value(v) = lookup(store, key, codec, spec).await {
-                    let _ = store.release(&lease).await;
-                    return Isolation::Value(v);
-                }
-                let hb_store = store.clone();
-                let hb_lease = lease.clone();
-                let heartbeat = tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(ttl / 3).await;
-                        if let Err(e) = hb_store.renew(&hb_lease, ttl_us, weir_types::time::now_micros()).await {
-                            tracing::warn!(target: "weir::cache", "could not renew the lease on {}: {e}", hb_lease.key);
-                        }
+                let decided = match recheck().await {
+                    Recheck::Compute => {
+                        return Isolation::Compute(Some(HeldLease::start(store.clone(), lease, how.ttl)));
                     }
-                });
-                return Isolation::Compute(Some(HeldLease {
-                    store: store.clone(),
-                    lease: Some(lease),
-                    heartbeat,
-                }));
+                    Recheck::Value(v) => Isolation::Value(v),
+                    Recheck::Fail(why) => Isolation::Fail(why),
+                };
+                let _ = store.release(&lease).await;
+                return decided;
             }
             Ok(LeaseOutcome::Held(rec)) => {
                 if !announced {
                     tracing::info!(target: "weir::cache", "waiting for {} to compute this result", rec.holder);
                     announced = true;
                 }
+                let progress = (rec.token.clone(), rec.expires_at);
+                match &last_seen {
+                    Some((p, since)) if *p == progress => {
+                        // The holder renews every third of its own TTL, which may be
+                        // longer than ours (`WEIR_LEASE_TTL` differs between machines).
+                        let theirs = Duration::from_micros(rec.ttl.max(0) as u64);
+                        if since.elapsed() >= how.ttl.max(theirs) * STALE_TTLS {
+                            // Ask again as if at its expiry: its holder is gone.
+                            take_over_at = Some(rec.expires_at);
+                        }
+                    }
+                    _ => last_seen = Some((progress, tokio::time::Instant::now())),
+                }
+                if let Some(deadline) = how.deadline {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Isolation::TimedOut { holder: rec.holder };
+                    }
+                    wait = wait.min(left);
+                }
                 // Another process on another machine: only the store can tell us when it is
                 // done, so we ask it, backing off up to a second.
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(1));
-                if let Found::Value(v) = lookup(store, key, codec, spec).await {
-                    return Isolation::Value(v);
+                match recheck().await {
+                    Recheck::Compute => {}
+                    Recheck::Value(v) => return Isolation::Value(v),
+                    Recheck::Fail(why) => return Isolation::Fail(why),
                 }
             }
             // A store that keeps failing must not block the task forever; a blip must not
@@ -252,11 +439,61 @@ pub(crate) async fn isolate<T>(
                 wait = (wait * 2).min(Duration::from_secs(1));
             }
             Err(e) => {
-                tracing::warn!(target: "weir::cache", "cache isolation unavailable ({e}); computing {} anyway", spec.name);
+                tracing::warn!(target: "weir::cache", "cache isolation unavailable ({e}); computing {} anyway", how.task);
                 return Isolation::Compute(None);
             }
         }
     }
+}
+
+/// A result encoded for the store, and the files (artifacts) anywhere inside it, which go
+/// into the store beside it as blobs (see [`crate::artifact`]).
+pub(crate) fn encode_result<T>(
+    codec: &Codec<T>,
+    value: &T,
+    format: Format,
+) -> Result<(Vec<u8>, Vec<std::path::PathBuf>), weir_cache::format::FormatError> {
+    let (bytes, files) = crate::artifact::collect_files(|| (codec.encode)(value, format));
+    Ok((bytes?, files))
+}
+
+/// Stores the files a result refers to, before its manifest; returns their hashes.
+async fn store_files(
+    store: &Arc<dyn ResultStore>,
+    files: Vec<std::path::PathBuf>,
+    mode: PutMode,
+) -> Result<Vec<String>, String> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    on_blocking_pool(store.clone(), move |s| s.put_blobs(files, mode)).await
+}
+
+/// Decodes a stored result, first making the files it refers to available on local disk,
+/// verified. Any failure (a file gone or damaged, bytes of another type) means recompute.
+pub(crate) async fn decode_result<T>(
+    store: &Arc<dyn ResultStore>,
+    codec: &Codec<T>,
+    meta: &EntryMeta,
+    bytes: &[u8],
+) -> Result<T, String> {
+    let format = Format::from_name(&meta.serializer).map_err(|e| e.to_string())?;
+    let files = if meta.files.is_empty() {
+        Vec::new()
+    } else {
+        let dir = crate::engine::get().settings.artifacts_dir.clone();
+        let meta = meta.clone();
+        match on_blocking_pool(store.clone(), move |s| {
+            Box::pin(async move { s.get_blobs(&meta, &dir).await })
+        })
+        .await?
+        {
+            StoredFiles::Present(paths) => paths,
+            StoredFiles::Missing(blob) => return Err(format!("its file {blob} is gone from the store")),
+            StoredFiles::Corrupt(reason) => return Err(reason),
+        }
+    };
+    crate::artifact::resolve_files(files, || (codec.decode)(bytes, format)).map_err(|e| e.to_string())
 }
 
 /// Publishes a computed result. Returns the winner's value when another writer published
@@ -279,13 +516,21 @@ pub(crate) async fn publish<T>(
         }
         return value;
     }
-    let bytes = match (codec.encode)(&value, format) {
+    let (bytes, files) = match encode_result(codec, &value, format) {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(target: "weir::cache", "result of {} cannot be serialized for the cache ({e}); not cached", meta.task);
             return value;
         }
     };
+    let mut meta = meta;
+    match store_files(&store, files, mode).await {
+        Ok(hashes) => meta.files = hashes,
+        Err(e) => {
+            tracing::warn!(target: "weir::cache", "could not store the files in the result of {} ({e}); not cached", meta.task);
+            return value;
+        }
+    }
     let key = meta.key.clone();
     let task = meta.task.clone();
     match on_blocking_pool(store.clone(), move |s| s.put(meta, bytes, mode)).await {
@@ -295,9 +540,7 @@ pub(crate) async fn publish<T>(
                 return value;
             };
             match store.get(&parsed, weir_types::time::now_micros()).await {
-                Ok(Lookup::Hit { meta, bytes }) => Format::from_name(&meta.serializer)
-                    .and_then(|f| (codec.decode)(&bytes, f))
-                    .unwrap_or(value),
+                Ok(Lookup::Hit { meta, bytes }) => decode_result(&store, codec, &meta, &bytes).await.unwrap_or(value),
                 _ => value,
             }
         }
@@ -306,6 +549,74 @@ pub(crate) async fn publish<T>(
             value
         }
     }
+}
+
+/// Results being published in the background at most, per process: past this, a task that
+/// finishes waits for a slot before returning (so memory held by pending results stays
+/// bounded: each holds its encoded bytes).
+pub(crate) const PENDING_PUBLISHES: usize = 64;
+static PUBLISH_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PENDING_PUBLISHES);
+
+/// Says so if a background publish never finished (the runtime shut down under it): the
+/// result was computed and returned but is not in the cache.
+struct Unfinished {
+    task: String,
+    done: bool,
+}
+
+impl Unfinished {
+    fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::warn!(target: "weir::cache", "the result of {} was not stored: the process stopped before it was published", self.task);
+        }
+    }
+}
+
+/// Publishes an encoded result off the task's critical path: the task returns at once and
+/// the result is made durable while the flow goes on. `tracker` is the flow run's, so the
+/// flow run ends only after it is published; `lease` (the key's) is held until then, so
+/// another process waiting for the key reads this result instead of computing it. Only for
+/// results whose publish cannot lose to another writer's (a held lease, or a replace):
+/// otherwise the caller must see the winner's value, which only a synchronous publish
+/// knows.
+pub(crate) async fn publish_later(
+    tracker: &tokio_util::task::TaskTracker,
+    store: Arc<dyn ResultStore>,
+    meta: EntryMeta,
+    bytes: Vec<u8>,
+    mode: PutMode,
+    lease: Option<HeldLease>,
+) {
+    // Closed only if the process is going away; then publish inline like before.
+    let Ok(permit) = PUBLISH_SLOTS.acquire().await else {
+        let task = meta.task.clone();
+        if let Err(e) = on_blocking_pool(store, move |s| s.put(meta, bytes, mode)).await {
+            tracing::warn!(target: "weir::cache", "could not store the result of {task} ({e}); it will be recomputed next time");
+        }
+        return;
+    };
+    let guard = Unfinished {
+        task: meta.task.clone(),
+        done: false,
+    };
+    let scope = crate::context::current().unwrap_or_default();
+    let fut = async move {
+        let _permit = permit;
+        if let Err(e) = on_blocking_pool(store, move |s| s.put(meta, bytes, mode)).await {
+            tracing::warn!(target: "weir::cache", "could not store the result of {} ({e}); it will be recomputed next time", guard.task);
+        }
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        guard.finish();
+    };
+    tracker.spawn(crate::context::SCOPE.scope(scope, fut));
 }
 
 /// What to do when a templated result key already has a result.
@@ -379,13 +690,14 @@ async fn on_blocking_pool<T: Send + 'static>(
         .map_err(|e| e.to_string())
 }
 
-/// Publishes a named result (already serialized).
+/// Publishes a named result (from [`encode_result`]), with the files it refers to.
 pub(crate) async fn publish_named(
     store: Arc<dyn ResultStore>,
-    meta: EntryMeta,
-    bytes: Vec<u8>,
+    mut meta: EntryMeta,
+    (bytes, files): (Vec<u8>, Vec<std::path::PathBuf>),
     mode: PutMode,
 ) -> Result<PutOutcome, String> {
+    meta.files = store_files(&store, files, mode).await?;
     on_blocking_pool(store, move |s| s.put_named(meta, bytes, mode))
         .await
         .map(|(o, _)| o)

@@ -47,7 +47,8 @@
 //! | `cache_version = "2"` | bump by hand when something the key cannot see changed (a helper function) |
 //! | `cache_expiration = "1d"` | entries older than this are recomputed |
 //! | `refresh_cache = true` | always recompute and replace the entry (`WEIR_REFRESH_CACHE=1` does it for a whole run) |
-//! | `serializer = "msgpack"` | store results as MessagePack instead of JSON |
+//! | `serializer = "msgpack"` | store results as MessagePack instead of JSON (`serde_bytes` fields as `bin`) |
+//! | `serializer = "raw"` | store a result that serializes as one byte buffer as the bytes themselves (automatic for `Vec<u8>`, `bytes::Bytes`, `serde_bytes::ByteBuf`) |
 //! | `retries = 2`, `retry_delay = "500ms"` | retry failures and timeouts |
 //! | `backoff = "exponential"`, `jitter = 0.2` | double the delay each retry; spread it by ±20 % |
 //! | `timeout = "10s"` | a longer attempt is cancelled and counts as `TimedOut` |
@@ -114,6 +115,23 @@ pub mod __private {
 
     pub fn digest<T: Serialize + ?Sized>(value: &T) -> Result<[u8; 32], weir_cache::canonical::CanonicalError> {
         weir_cache::canonical::digest(value)
+    }
+
+    /// The key path of a task whose module is `module_path` and whose marker type the
+    /// compiler calls `marker` (see `TaskSpec::key_path`).
+    ///
+    /// A task at module level keeps `module_path` (so its keys never change); one nested in
+    /// a function gets `module_path@` plus its scope, which names the enclosing functions.
+    /// The scope is the compiler's `type_name`, whose format may change between compiler
+    /// versions: nested tasks' keys may then change once (a miss, never a wrong hit).
+    pub fn task_key_path(module_path: &str, marker: &str) -> String {
+        let scope = marker.strip_suffix("::__WeirTaskMarker").unwrap_or(marker);
+        // `type_name` writes `r#match` as `match`.
+        if scope == module_path || scope == module_path.replace("r#", "") {
+            module_path.to_string()
+        } else {
+            format!("{module_path}@{scope}")
+        }
     }
 
     pub fn boxed<T, F>(f: F) -> BoxFuture<'static, anyhow::Result<T>>

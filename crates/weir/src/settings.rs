@@ -21,9 +21,10 @@ pub struct Settings {
     /// Where results go: a folder path or a URL (`WEIR_RESULTS`, else `WEIR_RESULTS_DIR`):
     /// `/mnt/shared/results`, `file:///…`, `s3://bucket/prefix?endpoint=…`, `memory://`.
     pub results: String,
-    /// A local folder in front of a remote result store (`WEIR_LOCAL_CACHE`; default
-    /// `$WEIR_HOME/local-cache` for remote stores, none for folders), and its size cap
-    /// (`WEIR_LOCAL_CACHE_SIZE`, default `10GiB`).
+    /// A local folder in front of the result store (`WEIR_LOCAL_CACHE`; default
+    /// `$WEIR_HOME/local-cache` for remote stores, none for folders unless set), and its size
+    /// cap (`WEIR_LOCAL_CACHE_SIZE`, default `10GiB`). Every local hit is revalidated against
+    /// the store's manifest.
     pub local_cache: Option<(PathBuf, u64)>,
     /// Compress stored results (`WEIR_COMPRESSION=zstd`); tasks can override.
     pub compression: bool,

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use weir_cache::{CacheKey, EntryMeta, Format, PutMode, PutOutcome};
 use weir_types::{CacheStatus, State, StateEntry, TaskRunId, TaskRunRecord};
 
-use crate::cache::{self, Codec, Found, HeldLease, Isolation, KeyContext, KeyError, KeyMaterial, OnDuplicate};
+use crate::cache::{
+    self, Codec, EntryId, Found, HeldLease, Isolation, KeyContext, KeyError, KeyMaterial, OnDuplicate, Recheck, Seen,
+};
 use crate::context::{self, FlowRunCtx, SCOPE, Scope};
 use crate::engine::{self, Engine};
 
@@ -46,6 +48,10 @@ pub struct TaskSpec {
     pub name: &'static str,
     /// `crate::module::name`: part of every cache key, so two tasks never share one.
     pub path: &'static str,
+    /// The path its cache keys use: `path`, or for a task nested in a function body,
+    /// `path@` and the path through the enclosing functions (two same-named tasks in two
+    /// functions of one module share `path`).
+    pub key_path: fn() -> &'static str,
     /// BLAKE3 of the task's tokens (used by `inputs+source`).
     pub source_hash: &'static str,
     pub cache: CachePolicy,
@@ -62,7 +68,7 @@ pub struct TaskSpec {
     pub blocking: bool,
     pub params: &'static [&'static str],
     /// Serializable isolation: one process computes a key at a time, others wait for its
-    /// result (`isolation = "none"` opts out).
+    /// result (`isolation = "none"` opts out; writers of a named result always take its lease).
     pub isolation: bool,
     /// `Some("zstd")` or `Some("none")` overrides the store's compression.
     pub compression: Option<&'static str>,
@@ -136,6 +142,7 @@ fn describe(state: State, attempts: u32) -> String {
         format!("{attempts} attempts")
     };
     match state {
+        State::TimedOut if attempts == 0 => "timed out before it ran".into(),
         State::TimedOut => format!("timed out (after {tries})"),
         State::Crashed => "crashed".into(),
         State::Cancelled => "was cancelled".into(),
@@ -546,47 +553,21 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         };
         run.rec.cache_key = Some(name.clone());
         let refresh = parts.refresh.unwrap_or(spec.refresh_cache) || engine.settings.refresh_cache;
-        let mode = if refresh || spec.on_duplicate == OnDuplicate::Overwrite {
+        let replace = refresh || spec.on_duplicate == OnDuplicate::Overwrite;
+        let dir = &engine.settings.artifacts_dir;
+        let mode = if replace {
             run.rec.cache_status = CacheStatus::Refreshed;
             PutMode::Replace
         } else {
             run.rec.cache_status = CacheStatus::Miss;
-            // A file result is looked up as a file (streamed, never decoded from JSON);
-            // either way the outcome is a value, or "present but unusable", or "absent".
-            let found: Result<Option<Result<T, String>>, String> = match codec.from_file {
-                Some(from_file) => {
-                    let dir = engine.settings.artifacts_dir.clone();
-                    let now = weir_types::time::now_micros();
-                    match store.get_named_file(&name, now, &dir).await {
-                        Ok(weir_cache::FileLookup::Hit { path, .. }) => {
-                            Ok(Some(from_file(path).ok_or_else(|| "not a file result".to_string())))
-                        }
-                        Ok(weir_cache::FileLookup::Miss) => Ok(None),
-                        Ok(weir_cache::FileLookup::Expired { .. }) => Ok(Some(Err("expired".into()))),
-                        Ok(weir_cache::FileLookup::Corrupt { reason }) => Ok(Some(Err(reason))),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-                None => match store.get_named(&name, weir_types::time::now_micros()).await {
-                    Ok(weir_cache::Lookup::Hit { meta, bytes }) => Ok(Some(
-                        Format::from_name(&meta.serializer)
-                            .and_then(|f| (codec.decode)(&bytes, f))
-                            .map_err(|e| format!("cannot be read as this task's output ({e})")),
-                    )),
-                    Ok(weir_cache::Lookup::Miss) => Ok(None),
-                    Ok(weir_cache::Lookup::Expired { .. }) => Ok(Some(Err("expired".into()))),
-                    Ok(weir_cache::Lookup::Corrupt { reason }) => Ok(Some(Err(reason))),
-                    Err(e) => Err(e.to_string()),
-                },
-            };
-            match found {
+            let found = match lookup_named(store, &name, codec, dir).await {
+                Ok(found) => found,
                 Err(e) => return Err(fail(&mut run, State::Failed, anyhow::anyhow!("result store: {e}"))),
-                Ok(None) => PutMode::IfAbsent,
-                Ok(Some(_)) if spec.on_duplicate == OnDuplicate::Error => {
-                    let err = anyhow::anyhow!("result key '{name}' already has a result (on_duplicate = \"error\")");
-                    return Err(fail(&mut run, State::Failed, err));
-                }
-                Ok(Some(Ok(v))) => {
+            };
+            match decide_named(found, &name, spec.on_duplicate) {
+                NamedDecision::Compute(mode) => mode,
+                NamedDecision::Fail(why) => return Err(fail(&mut run, State::Failed, anyhow::anyhow!(why))),
+                NamedDecision::Cached(v) => {
                     run.rec.cache_status = CacheStatus::Hit;
                     run.set(State::Cached, None);
                     in_scope(
@@ -595,7 +576,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                     );
                     return Ok(v);
                 }
-                Ok(Some(Err(why))) => {
+                NamedDecision::Unusable(why) => {
                     in_scope(
                         &task_scope,
                         || tracing::warn!(target: "weir::cache", "result {name} is unusable ({why}); recomputing"),
@@ -604,6 +585,47 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 }
             }
         };
+        // A named result lives at one readable path, so its writers always take the name's
+        // lease (whatever `isolation` says): one writes at a time, each after looking again.
+        let holder = format!("{}:{} (task run {})", engine.hostname, engine.pid, run.rec.id);
+        let how = cache::Waiting {
+            holder: &holder,
+            ttl: engine.settings.lease_ttl,
+            deadline: spec.timeout.map(|t| tokio::time::Instant::now() + t),
+            task: spec.name,
+        };
+        let name_ref = name.as_str();
+        let recheck = move || async move {
+            if replace {
+                return Recheck::Compute;
+            }
+            match lookup_named(store, name_ref, codec, dir).await {
+                Ok(found) => match decide_named(found, name_ref, spec.on_duplicate) {
+                    NamedDecision::Cached(v) => Recheck::Value(v),
+                    NamedDecision::Fail(why) => Recheck::Fail(why),
+                    NamedDecision::Compute(_) | NamedDecision::Unusable(_) => Recheck::Compute,
+                },
+                Err(_) => Recheck::Compute,
+            }
+        };
+        let lease_key = weir_cache::named_lease_key(&name);
+        let isolated = cache::isolate(store, &lease_key, &how, recheck);
+        match SCOPE.scope(task_scope.clone(), isolated).await {
+            Isolation::Compute(held) => lease = held,
+            Isolation::Value(v) => {
+                run.rec.cache_status = CacheStatus::Hit;
+                run.set(State::Cached, None);
+                in_scope(
+                    &task_scope,
+                    || tracing::info!(target: "weir::task", "Cached (result {name}, computed by another run)"),
+                );
+                return Ok(v);
+            }
+            Isolation::Fail(why) => return Err(fail(&mut run, State::Failed, anyhow::anyhow!(why))),
+            Isolation::TimedOut { holder } => {
+                return Err(fail(&mut run, State::TimedOut, waited_too_long(spec, &holder)));
+            }
+        }
         named_plan = Some((name, mode));
     } else if let Some(codec) = &parts.codec {
         let material = match &codec.key {
@@ -614,42 +636,47 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         run.rec.cache_key = Some(key.to_hex());
         if let Some(store) = &engine.store {
             let refresh = parts.refresh.unwrap_or(spec.refresh_cache) || engine.settings.refresh_cache;
-            let mode = if refresh {
+            let (mode, seen) = if refresh {
                 run.rec.cache_status = CacheStatus::Refreshed;
-                PutMode::Replace
+                // What is being refreshed, so that a refresh someone else finishes while we
+                // wait for the lease is recognised as newer and taken.
+                let current = match spec.isolation {
+                    true => store.entry(&key).await.ok().flatten().map(|m| EntryId::from(&m)),
+                    false => None,
+                };
+                (PutMode::Replace, Seen::Refreshing(current))
             } else {
                 run.rec.cache_status = CacheStatus::Miss;
                 let found = SCOPE
                     .scope(task_scope.clone(), cache::lookup(store, &key, codec, spec))
                     .await;
-                let found = match found {
-                    Found::Compute(PutMode::IfAbsent) if spec.isolation => {
-                        let holder = format!("{}:{} (task run {})", engine.hostname, engine.pid, run.rec.id);
-                        let isolated = cache::isolate(store, &key, codec, spec, &holder, engine.settings.lease_ttl);
-                        match SCOPE.scope(task_scope.clone(), isolated).await {
-                            Isolation::Value(v) => Found::Value(v),
-                            Isolation::Compute(held) => {
-                                lease = held;
-                                Found::Compute(PutMode::IfAbsent)
-                            }
-                        }
-                    }
-                    other => other,
-                };
                 match found {
-                    Found::Value(v) => {
-                        run.rec.cache_status = CacheStatus::Hit;
-                        run.set(State::Cached, None);
-                        let short = run.rec.cache_key.as_deref().and_then(|k| k.get(..12)).unwrap_or("");
-                        in_scope(
-                            &task_scope,
-                            || tracing::info!(target: "weir::task", "Cached (cache hit, key {short})"),
-                        );
-                        return Ok(v);
-                    }
-                    Found::Compute(mode) => mode,
+                    Found::Value(v) => return Ok(cached(&mut run, &task_scope, v)),
+                    Found::Compute(mode) => (mode, Seen::Unusable),
                 }
             };
+            // Missing, expired, damaged or refreshed: in every case one process computes
+            // the key and the others take its result.
+            if spec.isolation {
+                let holder = format!("{}:{} (task run {})", engine.hostname, engine.pid, run.rec.id);
+                let how = cache::Waiting {
+                    holder: &holder,
+                    ttl: engine.settings.lease_ttl,
+                    deadline: spec.timeout.map(|t| tokio::time::Instant::now() + t),
+                    task: spec.name,
+                };
+                let (key_ref, seen_ref) = (&key, &seen);
+                let recheck = move || cache::recheck(store, key_ref, codec, spec, seen_ref);
+                let isolated = cache::isolate(store, &key, &how, recheck);
+                match SCOPE.scope(task_scope.clone(), isolated).await {
+                    Isolation::Value(v) => return Ok(cached(&mut run, &task_scope, v)),
+                    Isolation::Compute(held) => lease = held,
+                    Isolation::Fail(why) => return Err(fail(&mut run, State::Failed, anyhow::anyhow!(why))),
+                    Isolation::TimedOut { holder } => {
+                        return Err(fail(&mut run, State::TimedOut, waited_too_long(spec, &holder)));
+                    }
+                }
+            }
             publish_plan = Some((key, mode));
         }
     }
@@ -706,9 +733,35 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
             tokio::time::sleep(delay).await;
             continue;
         }
+        // Released now rather than when dropped: a runtime that ends with this run (one
+        // `block_on`) would never run a release left to the background.
+        if let Some(held) = lease.take() {
+            held.release().await;
+        }
         return Err(fail(&mut run, state, err));
     };
 
+    // A holder that lost its lease to another process (it stalled past the expiry) does not
+    // publish over the new holder: a named result is then not written at all, a keyed one
+    // only if no entry exists (create-if-absent), and the caller still gets a value.
+    // (Create-if-absent of a keyed entry is safe either way: no need to ask then.)
+    let may_overwrite = named_plan.is_some() || matches!(publish_plan, Some((_, PutMode::Replace)));
+    let lost = match &lease {
+        Some(held) if may_overwrite => !held.confirm().await,
+        _ => false,
+    };
+    if lost && let Some((name, _)) = &named_plan {
+        in_scope(
+            &task_scope,
+            || tracing::warn!(target: "weir::cache", "result {name} not stored: another run holds its lease now"),
+        );
+        named_plan = None;
+    }
+    if let Some((_, mode)) = &mut publish_plan
+        && lost
+    {
+        *mode = PutMode::IfAbsent;
+    }
     if let (Some(codec), Some((name, mode)), Some(store)) = (&parts.codec, &named_plan, &engine.store) {
         let mut meta = entry_meta(spec, &scope, run.rec.id, name.clone(), codec);
         // The readable file is the point of a named result: stored plain, source recorded.
@@ -716,8 +769,8 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         meta.source_hash = Some(spec.source_hash.to_string());
         let published = match (codec.from_file, (codec.as_file)(&value)) {
             (Some(_), Some(src)) => cache::publish_named_file(store.clone(), meta, src, *mode).await,
-            _ => match (codec.encode)(&value, spec.format) {
-                Ok(bytes) => cache::publish_named(store.clone(), meta, bytes, *mode).await,
+            _ => match cache::encode_result(codec, &value, spec.format.for_output::<T>()) {
+                Ok(encoded) => cache::publish_named(store.clone(), meta, encoded, *mode).await,
                 Err(e) => Err(format!("result cannot be serialized: {e}")),
             },
         };
@@ -726,6 +779,9 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 let err = anyhow::anyhow!(
                     "result key '{name}' was written by another run meanwhile (on_duplicate = \"error\")"
                 );
+                if let Some(held) = lease.take() {
+                    held.release().await;
+                }
                 return Err(fail(&mut run, State::Failed, err));
             }
             Ok(_) => {}
@@ -736,9 +792,26 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         }
     }
     let value = match (&parts.codec, publish_plan, &engine.store) {
+        // An in-memory result nobody else can publish first (we hold the key's lease, or
+        // replace): published after the task returns, while its flow goes on (see
+        // `cache::publish_later`). Results holding files are stored before returning: the
+        // caller may move the files, and temporary ones go when their `Artifact` drops.
+        (Some(codec), Some((key, mode)), Some(store))
+            if codec.from_file.is_none()
+                && !lost
+                && (lease.is_some() || mode == PutMode::Replace)
+                && let Some(flow) = &scope.flow
+                && let Ok((bytes, files)) = cache::encode_result(codec, &value, spec.format.for_output::<T>())
+                && files.is_empty() =>
+        {
+            let meta = entry_meta(spec, &scope, run.rec.id, key.to_hex(), codec);
+            let later = cache::publish_later(&flow.submitted, store.clone(), meta, bytes, mode, lease.take());
+            SCOPE.scope(task_scope.clone(), later).await;
+            value
+        }
         (Some(codec), Some((key, mode)), Some(store)) => {
             let meta = entry_meta(spec, &scope, run.rec.id, key.to_hex(), codec);
-            let fut = cache::publish(store.clone(), codec, meta, value, spec.format, mode);
+            let fut = cache::publish(store.clone(), codec, meta, value, spec.format.for_output::<T>(), mode);
             SCOPE.scope(task_scope.clone(), fut).await
         }
         _ => value,
@@ -759,9 +832,97 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
     Ok(value)
 }
 
+/// Ends a task run with a result someone (this process earlier, or another) stored.
+fn cached<T>(run: &mut TaskRun, task_scope: &Scope, v: T) -> T {
+    run.rec.cache_status = CacheStatus::Hit;
+    run.set(State::Cached, None);
+    let short = run.rec.cache_key.as_deref().and_then(|k| k.get(..12)).unwrap_or("");
+    in_scope(
+        task_scope,
+        || tracing::info!(target: "weir::task", "Cached (cache hit, key {short})"),
+    );
+    v
+}
+
+fn waited_too_long(spec: &TaskSpec, holder: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "timed out after {} waiting for {holder} to compute this result",
+        humantime_short(spec.timeout.unwrap_or_default())
+    )
+}
+
+/// What is stored under a result name.
+enum NamedFound<T> {
+    Absent,
+    Usable(T),
+    /// Present but expired, damaged or not this task's output.
+    Unusable(String),
+}
+
+/// What a run does about what it found under its result name.
+enum NamedDecision<T> {
+    Cached(T),
+    Compute(PutMode),
+    Unusable(String),
+    Fail(String),
+}
+
+fn decide_named<T>(found: NamedFound<T>, name: &str, on_duplicate: OnDuplicate) -> NamedDecision<T> {
+    match found {
+        NamedFound::Absent => NamedDecision::Compute(PutMode::IfAbsent),
+        _ if on_duplicate == OnDuplicate::Error => NamedDecision::Fail(format!(
+            "result key '{name}' already has a result (on_duplicate = \"error\")"
+        )),
+        NamedFound::Usable(v) => NamedDecision::Cached(v),
+        NamedFound::Unusable(why) => NamedDecision::Unusable(why),
+    }
+}
+
+/// Looks a result name up. A file result is looked up as a file (streamed, never decoded
+/// from JSON).
+async fn lookup_named<T>(
+    store: &Arc<dyn weir_cache::ResultStore>,
+    name: &str,
+    codec: &Codec<T>,
+    dir: &std::path::Path,
+) -> Result<NamedFound<T>, String> {
+    let now = weir_types::time::now_micros();
+    let unusable = |why: String| Ok(NamedFound::Unusable(why));
+    match codec.from_file {
+        Some(from_file) => match store.get_named_file(name, now, dir).await {
+            Ok(weir_cache::FileLookup::Hit { path, .. }) => match from_file(path) {
+                Some(v) => Ok(NamedFound::Usable(v)),
+                None => unusable("not a file result".into()),
+            },
+            Ok(weir_cache::FileLookup::Miss) => Ok(NamedFound::Absent),
+            Ok(weir_cache::FileLookup::Expired { .. }) => unusable("expired".into()),
+            Ok(weir_cache::FileLookup::Corrupt { reason }) => unusable(reason),
+            Err(e) => Err(e.to_string()),
+        },
+        None => match store.get_named(name, now).await {
+            Ok(weir_cache::Lookup::Hit { meta, bytes }) => {
+                match cache::decode_result(store, codec, &meta, &bytes).await {
+                    Ok(v) => Ok(NamedFound::Usable(v)),
+                    Err(e) => unusable(format!("cannot be read as this task's output ({e})")),
+                }
+            }
+            Ok(weir_cache::Lookup::Miss) => Ok(NamedFound::Absent),
+            Ok(weir_cache::Lookup::Expired { .. }) => unusable("expired".into()),
+            Ok(weir_cache::Lookup::Corrupt { reason }) => unusable(reason),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
 /// The manifest of a result this task run is about to publish: what it is and where it came
 /// from (flow, runs, code, a digest per input).
-fn entry_meta<T>(spec: &TaskSpec, scope: &Scope, task_run: TaskRunId, key: String, codec: &Codec<T>) -> EntryMeta {
+fn entry_meta<T: 'static>(
+    spec: &TaskSpec,
+    scope: &Scope,
+    task_run: TaskRunId,
+    key: String,
+    codec: &Codec<T>,
+) -> EntryMeta {
     let now = weir_types::time::now_micros();
     EntryMeta {
         format: weir_cache::store::MANIFEST_FORMAT,
@@ -770,7 +931,7 @@ fn entry_meta<T>(spec: &TaskSpec, scope: &Scope, task_run: TaskRunId, key: Strin
         flow: scope.flow.as_ref().map(|f| f.name.to_string()),
         flow_run_id: scope.flow.as_ref().map(|f| f.id.to_string()),
         task_run_id: task_run.to_string(),
-        serializer: spec.format.name().to_string(),
+        serializer: spec.format.for_output::<T>().name().to_string(),
         created_at: now,
         expires_at: spec.cache_expiration.map(|d| now.saturating_add(d.as_micros() as i64)),
         size: 0,
@@ -785,6 +946,8 @@ fn entry_meta<T>(spec: &TaskSpec, scope: &Scope, task_run: TaskRunId, key: Strin
             .as_ref()
             .map(|m| m.parts(spec).input_digests())
             .unwrap_or_default(),
+        files: Vec::new(),
+        inline: None,
     }
 }
 

@@ -57,6 +57,11 @@ fn the_cached_demo_misses_then_hits_and_rejects_bad_arguments() {
 fn in_a_terminal_a_running_flow_shows_live_progress() {
     // `script` (util-linux) runs the demo on a pseudo-terminal, as a person would.
     if Command::new("script").arg("--version").output().is_err() {
+        // scripts/test.sh makes this test mandatory.
+        assert!(
+            std::env::var("WEIR_TEST_REQUIRE_TERMINAL").as_deref() != Ok("1"),
+            "WEIR_TEST_REQUIRE_TERMINAL=1 but there is no `script` command to make a terminal"
+        );
         eprintln!("skipping: no `script` command to make a terminal");
         return;
     }

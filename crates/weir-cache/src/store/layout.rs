@@ -26,6 +26,12 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The key whose lease serializes writers of the named result `name` (a named result has
+/// no cache key of its own): BLAKE3 of `named:` and the name.
+pub fn named_lease_key(name: &str) -> CacheKey {
+    CacheKey(*blake3::hash(format!("named:{name}").as_bytes()).as_bytes())
+}
+
 pub(crate) fn named_data_path(name: &str) -> String {
     format!("named/{name}")
 }

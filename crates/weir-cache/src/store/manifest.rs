@@ -34,12 +34,21 @@ impl From<Unusable> for FileLookup {
 
 impl Store {
     pub(super) async fn read_manifest(&self, path: &str) -> Result<Option<Result<EntryMeta, String>>, StoreError> {
+        Ok(self.read_manifest_raw(path).await?.map(|(_, m)| m))
+    }
+
+    /// A manifest's bytes as stored (for compare-and-delete) and what they parse to. Both
+    /// forms parse: compact JSON (written now) and pretty-printed (written before).
+    pub(super) async fn read_manifest_raw(
+        &self,
+        path: &str,
+    ) -> Result<Option<(Vec<u8>, Result<EntryMeta, String>)>, StoreError> {
         let Some(raw) = self.backend.read(path).await? else {
             return Ok(None);
         };
-        Ok(Some(serde_json::from_slice::<EntryMeta>(&raw).map_err(|e| {
-            format!("manifest {path} in {} is unreadable: {e}", self.backend.location())
-        })))
+        let parsed = serde_json::from_slice::<EntryMeta>(&raw)
+            .map_err(|e| format!("manifest {path} in {} is unreadable: {e}", self.backend.location()));
+        Ok(Some((raw, parsed)))
     }
 
     /// Reads a live manifest, or says why there is none usable (missing, unreadable, expired).
@@ -52,14 +61,18 @@ impl Store {
         })
     }
 
-    /// Writes a manifest, last: create-if-absent, or replace.
+    /// Writes a manifest, last: create-if-absent, or replace. Compact JSON: a manifest is
+    /// read on every hit, and pretty-printing made it larger and slower to parse (`jq`
+    /// prints it nicely when people want to read one). Inline bytes go in the file and are
+    /// left out of the returned metadata.
     pub(super) async fn publish_manifest(
         &self,
         path: &str,
-        meta: EntryMeta,
+        mut meta: EntryMeta,
         mode: PutMode,
     ) -> Result<(PutOutcome, EntryMeta), StoreError> {
-        let manifest = serde_json::to_vec_pretty(&meta)?;
+        let manifest = serde_json::to_vec(&meta)?;
+        meta.inline = None;
         let written = match mode {
             PutMode::IfAbsent => self.backend.write(path, manifest, WriteMode::IfAbsent).await?,
             PutMode::Replace => self.backend.write(path, manifest, WriteMode::Overwrite).await?,
@@ -72,7 +85,7 @@ impl Store {
 
     pub(super) async fn entry_impl(&self, key: &CacheKey) -> Result<Option<EntryMeta>, StoreError> {
         Ok(match self.read_manifest(&self.manifest_path(key)).await? {
-            Some(Ok(m)) => Some(m),
+            Some(Ok(m)) => Some(EntryMeta { inline: None, ..m }),
             _ => None,
         })
     }

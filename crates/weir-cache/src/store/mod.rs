@@ -19,6 +19,7 @@
 //! `manifest`, `blob`, `named`, `lease`, `gc`; [`types`] holds what they take and answer.
 
 mod blob;
+mod files;
 mod gc;
 pub mod layout;
 mod lease;
@@ -36,8 +37,10 @@ use crate::backend::Backend;
 use crate::key::CacheKey;
 use named::NamedData;
 
-pub use layout::validate_name;
+pub use files::StoredFiles;
 pub(crate) use layout::{blob_path, manifest_path};
+pub use layout::{named_lease_key, validate_name};
+pub(crate) use lease::new_token;
 pub use types::*;
 
 /// A place to keep results. [`Store`] is the one implementation over a [`Backend`];
@@ -73,10 +76,14 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
         ttl_micros: i64,
         now: i64,
     ) -> BoxFuture<'a, Result<LeaseOutcome, StoreError>>;
-    /// Extends a held lease.
-    fn renew<'a>(&'a self, lease: &'a Lease, ttl_micros: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Gives a lease up.
-    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Extends a held lease, if it is still ours: a holder that stalled past its expiry
+    /// may find it [`Renewal::Lost`] to another, and never touches theirs.
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl_micros: i64, now: i64) -> BoxFuture<'a, Result<Renewal, StoreError>>;
+    /// Gives a lease up, if it is still ours (`false`: someone else holds the key now).
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Whether leases are exclusive here: the backend's create-if-absent was measured
+    /// atomic (once per store). Where it is not, leases are best-effort.
+    fn atomic_leases(&self) -> BoxFuture<'_, Result<bool, StoreError>>;
     /// Stores the local file `src` as the result of `meta.key`, streaming it (bounded memory).
     fn put_file(
         &self,
@@ -99,6 +106,16 @@ pub trait ResultStore: Send + Sync + fmt::Debug {
         src: PathBuf,
         mode: PutMode,
     ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>>;
+    /// Stores local files as blobs named by their hash — the artifacts a result refers to,
+    /// before the manifest that lists them in `files`; returns the hashes, in order.
+    fn put_blobs(&self, srcs: Vec<PathBuf>, mode: PutMode) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    /// Makes the blobs `meta.files` lists available on local disk, verified (in place for
+    /// folders, otherwise downloaded once into `dest_dir`).
+    fn get_blobs<'a>(
+        &'a self,
+        meta: &'a EntryMeta,
+        dest_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<StoredFiles, StoreError>>;
     /// Looks a named file result up and makes it available on local disk, verified.
     fn get_named_file<'a>(
         &'a self,
@@ -201,12 +218,16 @@ impl ResultStore for Store {
         Box::pin(self.try_lease_impl(key, holder, ttl, now))
     }
 
-    fn renew<'a>(&'a self, lease: &'a Lease, ttl: i64, now: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl: i64, now: i64) -> BoxFuture<'a, Result<Renewal, StoreError>> {
         Box::pin(self.renew_impl(lease, ttl, now))
     }
 
-    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(self.release_impl(lease))
+    }
+
+    fn atomic_leases(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.atomic_leases_impl())
     }
 
     fn put_named_file(
@@ -256,5 +277,17 @@ impl ResultStore for Store {
         mode: PutMode,
     ) -> BoxFuture<'_, Result<(PutOutcome, EntryMeta), StoreError>> {
         Box::pin(self.put_named_data(meta, NamedData::Bytes(bytes), mode))
+    }
+
+    fn put_blobs(&self, srcs: Vec<PathBuf>, mode: PutMode) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(self.put_blobs_impl(srcs, mode))
+    }
+
+    fn get_blobs<'a>(
+        &'a self,
+        meta: &'a EntryMeta,
+        dest_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<StoredFiles, StoreError>> {
+        Box::pin(self.get_blobs_impl(meta, dest_dir))
     }
 }

@@ -21,7 +21,10 @@ impl Store {
             Err(unusable) => return Ok(unusable.into()),
         };
         let Some(bytes) = self.backend.read(&named_data_path(name)).await? else {
-            return Ok(Lookup::Miss);
+            // A manifest without its data must be replaced, not kept (see `Lookup::Corrupt`).
+            return Ok(Lookup::Corrupt {
+                reason: format!("named result {name} in {} is missing", self.backend.location()),
+            });
         };
         if blake3::hash(&bytes).to_hex().as_str() != meta.blob {
             return Ok(Lookup::Corrupt {
@@ -37,6 +40,10 @@ impl Store {
     /// Stores a named result: the data at its readable name, then its manifest. Stored as
     /// serialized, uncompressed: the point of a named result is that people and other
     /// programs can read it where they expect it.
+    ///
+    /// Checks, then writes: callers serialize the writers of one name by holding its lease
+    /// ([`crate::store::named_lease_key`]), so that two writers cannot leave one's data under
+    /// the other's manifest, and a create-if-absent that finds a manifest writes nothing.
     pub(super) async fn put_named_data(
         &self,
         mut meta: EntryMeta,
@@ -81,13 +88,10 @@ impl Store {
         // A named file is meant to be read (and may be edited) by people: hash it by reading
         // in chunks, never by mapping it.
         let changed = |p: &Path| format!("named result {} was changed since it was stored", p.display());
-        self.fetch_file(
-            meta,
-            &named_data_path(name),
-            dest_dir,
-            crate::stream::hash_file,
-            changed,
-        )
-        .await
+        let data = named_data_path(name);
+        let found = self
+            .fetch_file(meta, &data, dest_dir, crate::stream::hash_file, changed)
+            .await?;
+        Ok(self.missing_is_corrupt(found, &data))
     }
 }

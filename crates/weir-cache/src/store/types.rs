@@ -8,11 +8,18 @@ use serde::{Deserialize, Serialize};
 use crate::backend::BackendError;
 use crate::key::{CacheKey, InputDigest};
 
-/// Version of the manifest format.
+/// Version of the manifest format. Unchanged by inline results: a manifest without
+/// `inline` is read exactly as before, and one with it needs no other change.
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// Results whose stored bytes (after compression) are at most this long live inside their
+/// manifest instead of in a blob: a hit is then one small read, and a miss one durable
+/// write instead of two. 4 KiB is one page: a manifest then stays within two pages (base64
+/// adds a third) and reading it costs the same as reading a metadata-only one.
+pub const INLINE_MAX: usize = 4096;
+
 /// The metadata stored with every result: what it is and where it came from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EntryMeta {
     pub format: u32,
     /// Hex cache key.
@@ -45,6 +52,52 @@ pub struct EntryMeta {
     pub code_hash: Option<String>,
     /// Digest of each input, by parameter name.
     pub inputs: Vec<InputDigest>,
+    /// Hex BLAKE3 of each file (artifact) the result refers to, stored as blobs beside it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// The stored bytes themselves (base64 in the manifest) for results of at most
+    /// [`INLINE_MAX`] bytes; `blob` is then their checksum and there is no blob file.
+    /// Lookups move it into [`Lookup::Hit`]'s `bytes`, so metadata handed out is `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "inline_base64")]
+    pub inline: Option<Vec<u8>>,
+}
+
+mod inline_base64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Decodes straight from the parser's buffer (no intermediate `String`: this is on
+    /// every hit's path).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Option<Vec<u8>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("base64 bytes or null")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_str(self)
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                STANDARD.decode(s.as_bytes()).map(Some).map_err(E::custom)
+            }
+        }
+        d.deserialize_option(V)
+    }
 }
 
 /// What a lookup found.
@@ -52,11 +105,13 @@ pub struct EntryMeta {
 pub enum Lookup {
     /// A complete, verified entry; `bytes` are decompressed.
     Hit { meta: EntryMeta, bytes: Vec<u8> },
-    /// No entry, or a manifest whose blob is gone.
+    /// No entry.
     Miss,
     /// An entry past its `expires_at`.
     Expired { meta: EntryMeta },
-    /// An entry that cannot be trusted (unparseable manifest, checksum mismatch…).
+    /// An entry that cannot be trusted (unparseable manifest, checksum mismatch, a manifest
+    /// whose blob is gone…): replace it ([`PutMode::Replace`]) — a create-if-absent publish
+    /// would find the manifest and leave the entry broken for good.
     Corrupt { reason: String },
 }
 
@@ -131,14 +186,36 @@ pub enum StoreError {
 pub struct LeaseRecord {
     pub holder: String,
     pub expires_at: i64,
+    /// Random, one per acquisition and kept through renewals: what tells a lease from a
+    /// later lease on the same key, even one with the same generation number.
+    #[serde(default)]
+    pub token: String,
+    /// The holder's lease TTL (µs; 0 in records written before it was kept): it renews
+    /// every third of it, so a waiter with a shorter TTL of its own knows how long a silence
+    /// still means a live holder.
+    #[serde(default)]
+    pub ttl: i64,
 }
 
-/// A lease this process holds.
+/// A lease this process holds. Renewing gives the next one ([`Renewal::Renewed`]).
 #[derive(Clone, Debug)]
 pub struct Lease {
     pub key: CacheKey,
     pub(super) generation: u64,
     pub holder: String,
+    pub token: String,
+    /// Until when (µs), as of the last acquisition or renewal.
+    pub expires_at: i64,
+}
+
+/// The answer to renewing a lease.
+#[derive(Debug)]
+pub enum Renewal {
+    /// Still ours, until the new lease's `expires_at`.
+    Renewed(Lease),
+    /// Someone else took the lease over (ours had expired): stop acting as its holder.
+    /// Their record, when it could be read.
+    Lost(Option<LeaseRecord>),
 }
 
 /// The answer to asking for a lease.

@@ -4,8 +4,24 @@
 //! cache_probe key forward|reverse   print the cache key of a call with a HashMap input
 //! cache_probe run N                 run a flow with one cached task; print hit|miss
 //! cache_probe big BYTES             run a flow whose cached task returns BYTES bytes
+//! cache_probe parts N               run a flow whose cached task writes N files (relative to
+//!                                   the working folder) and returns them inside its result;
+//!                                   print hit|miss, then each file's contents on a line
+//! cache_probe stamp N                run a task returning "N by <pid>" (expires after 1 h);
+//!                                   print hit|miss and the value
+//! cache_probe named skip|error R    run a task with a result key and that on_duplicate;
+//!                                   print hit|miss and the value, or "error" and why
+//! cache_probe race STORE SALT W ROUNDS
+//!                                   writer W of a cross-process race on the store STORE
 //! ```
-//! `run` appends a line to `$PROBE_MARKER` each time the task body really runs.
+//! `run`, `stamp` and `named` append a line to `$PROBE_MARKER` each time the task body
+//! really runs. `PROBE_CLOCK_AHEAD_S` moves weir's clock forward (to meet expired entries).
+//!
+//! `race` is one writer of a race between processes: for each round it prints `ready`,
+//! waits for a line on stdin (the test sends `go` to every writer at once, once all are
+//! ready), does a create-if-absent of the round's key and prints
+//! `put R won|lost START END SEEN` (wall-clock µs; `SEEN`: the bytes it reads back), then the
+//! same for the round's lease (`lease R won|lost START END HOLDER`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -87,6 +103,90 @@ async fn probe_file(bytes: u64, dir: String) -> anyhow::Result<String> {
         total += filled as u64;
     }
     Ok(format!("{total} {}", file.path().display()))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Bundle {
+    parts: Vec<weir::Artifact>,
+    index: Option<weir::Artifact>,
+    nothing: Option<weir::Artifact>,
+}
+
+/// Writes `n` small files under `./parts/` (relative paths, as a user might) and returns them
+/// inside a struct.
+#[weir::task(cache = "inputs")]
+fn write_parts(n: u64) -> anyhow::Result<Bundle> {
+    if let Ok(marker) = std::env::var("PROBE_MARKER") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&marker)?;
+        writeln!(f, "wrote {n} parts in {}", std::process::id())?;
+    }
+    std::fs::create_dir_all("parts")?;
+    let mut parts = Vec::new();
+    for i in 0..n {
+        let p = std::path::PathBuf::from(format!("parts/{i}.txt"));
+        std::fs::write(&p, format!("part {i} of {n}"))?;
+        parts.push(weir::Artifact::from_path(p));
+    }
+    std::fs::write("parts/index.txt", format!("{n} parts"))?;
+    Ok(Bundle {
+        parts,
+        index: Some(weir::Artifact::from_path("parts/index.txt")),
+        nothing: None,
+    })
+}
+
+#[weir::flow]
+async fn probe_parts(n: u64) -> anyhow::Result<Vec<String>> {
+    let bundle = write_parts(n).await?;
+    anyhow::ensure!(bundle.nothing.is_none(), "None came back as something");
+    let mut out = Vec::new();
+    for f in bundle.parts.iter().chain(bundle.index.iter()) {
+        out.push(std::fs::read_to_string(f.path()).with_context(|| format!("reading {}", f.path().display()))?);
+    }
+    Ok(out)
+}
+
+/// The body of the stamped tasks: says it started, works, and leaves a mark.
+async fn stamp_work(what: &str) -> anyhow::Result<String> {
+    eprintln!("computing {what}");
+    if let Some(ms) = std::env::var("PROBE_WORK_MS").ok().and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    if let Ok(marker) = std::env::var("PROBE_MARKER") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&marker)?;
+        writeln!(f, "computed {what} by {}", std::process::id())?;
+    }
+    Ok(format!("{what} by {}", std::process::id()))
+}
+
+/// Who computed it is part of the result, so a test can tell whose result was stored.
+#[weir::task(cache = "inputs", cache_expiration = "1h")]
+async fn stamped(n: u64) -> anyhow::Result<String> {
+    stamp_work(&n.to_string()).await
+}
+
+#[weir::flow]
+async fn probe_stamped(n: u64) -> anyhow::Result<String> {
+    Ok(stamped(n).await?)
+}
+
+#[weir::task(result_key = "race/{region}.json")]
+async fn named_skip(region: String) -> anyhow::Result<String> {
+    stamp_work(&region).await
+}
+
+#[weir::task(result_key = "strict-race/{region}.json", on_duplicate = "error")]
+async fn named_error(region: String) -> anyhow::Result<String> {
+    stamp_work(&region).await
+}
+
+#[weir::flow]
+async fn probe_named(strict: bool, region: String) -> anyhow::Result<String> {
+    Ok(if strict {
+        named_error(region).await?
+    } else {
+        named_skip(region).await?
+    })
 }
 
 /// Peak resident memory of this process, in KiB.
@@ -176,8 +276,52 @@ fn labels(reverse: bool) -> HashMap<String, f64> {
     map
 }
 
+/// Waits for the test's `go` (see the module docs).
+fn ready() -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    let mut line = String::new();
+    anyhow::ensure!(std::io::stdin().read_line(&mut line)? > 0, "stdin closed before go");
+    Ok(())
+}
+
+async fn race(location: &str, salt: &str, writer: usize, rounds: u64) -> anyhow::Result<()> {
+    use weir_tests::store_suite::{RaceOutcome, key, race_lease, race_put};
+    // With fsync, as users run it: on JuiceFS and NFS a file is only whole for other
+    // clients once flushed.
+    let store = weir_cache::open(location, &weir_cache::OpenOptions::default())?;
+    // Connect before the race, not during it.
+    store.get(&key("warm-up", writer as u64), 0).await?;
+    // The wall clock, so the test can tell whether writers in different processes overlapped.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0)
+    };
+    let line = |what: &str, r: u64, start: u128, o: RaceOutcome| {
+        let won = if o.won { "won" } else { "lost" };
+        format!("{what} {r} {won} {start} {} {}", now(), o.seen)
+    };
+    for r in 0..rounds {
+        ready()?;
+        let start = now();
+        let o = race_put(&*store, &key(salt, r), writer, r).await;
+        println!("{}", line("put", r, start, o));
+        ready()?;
+        let start = now();
+        let o = race_lease(&*store, &key(&format!("{salt}-lease"), r), writer).await;
+        println!("{}", line("lease", r, start, o));
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Some(s) = std::env::var("PROBE_CLOCK_AHEAD_S").ok().and_then(|v| v.parse().ok()) {
+        weir::testing::advance_clock(std::time::Duration::from_secs(s));
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["key", order] => {
@@ -206,6 +350,25 @@ async fn main() -> anyhow::Result<()> {
                 if report.cached > 0 { "hit" } else { "miss" },
                 peak_rss_kib()
             );
+        }
+        ["parts", n] => {
+            let (r, report) = probe_parts(n.parse()?).with_report().await;
+            let contents = r?;
+            println!("{}", if report.cached > 0 { "hit" } else { "miss" });
+            for c in contents {
+                println!("{c}");
+            }
+        }
+        ["stamp", n] => {
+            let (r, report) = probe_stamped(n.parse()?).with_report().await;
+            println!("{} {}", if report.cached > 0 { "hit" } else { "miss" }, r?);
+        }
+        ["named", mode @ ("skip" | "error"), region] => {
+            let (r, report) = probe_named(*mode == "error", region.to_string()).with_report().await;
+            match r {
+                Ok(v) => println!("{} {v}", if report.cached > 0 { "hit" } else { "miss" }),
+                Err(e) => println!("error {:#}", anyhow::Error::from(e)),
+            }
         }
         ["big", bytes] => {
             let len = probe_big(bytes.parse()?).await?;
@@ -243,7 +406,10 @@ async fn main() -> anyhow::Result<()> {
                 Err(_) => println!("panicked"),
             }
         }
-        _ => bail!("usage: cache_probe key forward|reverse | run N | big BYTES | no-runtime"),
+        ["race", store, salt, writer, rounds] => race(store, salt, writer.parse()?, rounds.parse()?).await?,
+        _ => bail!(
+            "usage: cache_probe key forward|reverse | run N | big BYTES | race STORE SALT W ROUNDS | parts N | hostile LINES | deep DEPTH N | flood N | abandon | no-runtime"
+        ),
     }
     Ok(())
 }
