@@ -188,10 +188,17 @@ fn open_db() -> anyhow::Result<StateDb> {
 }
 
 pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
-    let db = Source::open()?;
+    let mut db = Source::open()?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
+    // Runs whose process died are recorded as Crashed before anything is read, so filters
+    // (`--state Crashed`) see them too.
+    if let Source::Local(local) = &mut db
+        && let Err(e) = local.mark_crashed_runs(&host)
+    {
+        eprintln!("weir: warning: could not record crashed runs: {e}");
+    }
     let mut out = std::io::stdout().lock();
     match cmd {
         RunsCommand::Ls {
@@ -325,7 +332,9 @@ pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A run left Running by a process that no longer exists on this host crashed.
+/// A run left Running by a process that no longer exists on this host crashed (for runs
+/// read from a server, which has no process start time to compare; local runs were
+/// marked in the database already).
 fn mark_crashed(run: &mut FlowRunRecord, host: &str) {
     let unfinished = matches!(run.state, State::Running | State::Pending);
     if unfinished && run.hostname == host && !std::path::Path::new(&format!("/proc/{}", run.pid)).exists() {

@@ -166,10 +166,40 @@ fn a_run_left_running_by_a_dead_process_shows_as_crashed() {
         pid,
         tags: vec![],
     }));
+    // A run whose pid is alive (this test's own) but was recorded by an earlier process
+    // with that pid, which started at another time: the pid was reused.
+    let reused = FlowRunId::new();
+    let me = std::process::id();
+    writer.send(Event::FlowRun(FlowRunRecord {
+        id: reused,
+        flow_name: "reused".into(),
+        flow_path: "app::reused".into(),
+        parent_flow_run_id: None,
+        parent_task_run_id: None,
+        state: State::Running,
+        parameters: serde_json::json!({}),
+        created_at: 2,
+        started_at: Some(2),
+        ended_at: None,
+        error: None,
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .to_string(),
+        pid: me,
+        tags: vec![],
+    }));
     futures::executor::block_on(writer.flush()).unwrap();
+    let conn = rusqlite::Connection::open(home.path().join("weir.db")).unwrap();
+    conn.execute("UPDATE flow_runs SET pid_start = 1 WHERE id = ?1", [reused.to_string()])
+        .unwrap();
+
     let show = stdout(&weir(home.path(), &["runs", "show", &flow.short()]));
     assert!(
         show.contains("Crashed") && show.contains(&format!("process {pid} exited")),
         "{show}"
     );
+    // Recorded, not only displayed: a filter on the state finds both runs.
+    let crashed = stdout(&weir(home.path(), &["runs", "ls", "--state", "Crashed"]));
+    assert!(crashed.contains("killed") && crashed.contains("reused"), "{crashed}");
 }

@@ -192,6 +192,20 @@ impl Client {
         self.send(self.http.post(&url).json(&Batch { events }), &url).await
     }
 
+    /// Records a batch of events already serialized as the body of `POST /events`
+    /// (`{"events": [...]}`), waiting at most `timeout` for the answer. The SDK's reporter
+    /// uses this: it measures and spools events as bytes.
+    pub async fn post_events_json(&self, body: Vec<u8>, timeout: Duration) -> Result<BatchResult, ClientError> {
+        let url = format!("{}/events", self.base);
+        let req = self
+            .http
+            .post(&url)
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(req, &url).await
+    }
+
     /// Lists flow runs; `query` holds filters (`state`, `flow`, `tag`, `limit`, `cursor`…).
     pub async fn flow_runs(&self, query: &[(&str, &str)]) -> Result<Page<FlowRunRecord>, ClientError> {
         let url = format!("{}/flow_runs", self.base);

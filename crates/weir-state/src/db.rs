@@ -7,6 +7,7 @@ use rusqlite::Connection;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_tags.sql"),
+    include_str!("../migrations/0003_pid_start.sql"),
 ];
 
 /// A state database error.

@@ -8,10 +8,12 @@
 //! The database is opened in WAL mode with a busy timeout, so several processes sharing one
 //! `WEIR_HOME` can record at once.
 
+mod crash;
 mod db;
 mod read;
 mod writer;
 
+pub use crash::{process_alive, process_start_time};
 pub use db::{StateDb, StateError};
 pub use read::{FlowRunFilter, RunLookupError};
-pub use writer::{Event, FlushError, Writer};
+pub use writer::{Event, FlushError, Writer, WriterOptions};

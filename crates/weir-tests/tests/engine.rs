@@ -367,6 +367,70 @@ async fn a_flow_run_waits_for_tasks_it_submitted_and_dropped() {
     assert_eq!(report.completed, 1);
 }
 
+// ---------- blocking tasks past their timeout ----------
+
+static SLOW_NOW: AtomicU32 = AtomicU32::new(0);
+static SLOW_MAX: AtomicU32 = AtomicU32::new(0);
+
+/// The first attempt overruns its timeout by 100 ms (a blocking body cannot be stopped).
+#[weir::task(timeout = "200ms", retries = 1, retry_delay = "10ms")]
+fn slow_then_fast(key: u64) -> anyhow::Result<u32> {
+    let attempt = bump(&format!("slow-{key}"));
+    let now = SLOW_NOW.fetch_add(1, Ordering::SeqCst) + 1;
+    SLOW_MAX.fetch_max(now, Ordering::SeqCst);
+    if attempt == 1 {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    SLOW_NOW.fetch_sub(1, Ordering::SeqCst);
+    Ok(attempt)
+}
+
+#[weir::flow]
+async fn slow_flow(key: u64) -> anyhow::Result<u32> {
+    Ok(slow_then_fast(key).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_blocking_attempt_is_not_overlapped_by_its_retry() {
+    env();
+    let key = unique();
+    let attempt = slow_flow(key).await.unwrap();
+    assert_eq!(attempt, 2, "the retry produced the value");
+    assert_eq!(count(&format!("slow-{key}")), 2);
+    assert_eq!(SLOW_MAX.load(Ordering::SeqCst), 1, "two attempts ran at once");
+}
+
+static STUCK: (Mutex<bool>, std::sync::Condvar) = (Mutex::new(false), std::sync::Condvar::new());
+
+#[weir::task(timeout = "100ms", retries = 2, retry_delay = "10ms")]
+fn stuck() -> anyhow::Result<()> {
+    bump("stuck");
+    let mut open = STUCK.0.lock().unwrap();
+    while !*open {
+        open = STUCK.1.wait(open).unwrap();
+    }
+    Ok(())
+}
+
+#[weir::flow]
+async fn stuck_flow() -> anyhow::Result<()> {
+    Ok(stuck().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_attempt_that_never_ends_fails_its_retry_clearly() {
+    env();
+    let (result, report) = stuck_flow().with_report().await;
+    let err = result.unwrap_err();
+    let text = format!("{:#}", anyhow::Error::from(err));
+    assert!(text.contains("not retried") && text.contains("still running"), "{text}");
+    assert_eq!(count("stuck"), 1, "no second attempt started beside the first");
+    let task = &db().task_runs(report.flow_run_id).unwrap()[0];
+    assert_eq!(task.state, State::TimedOut);
+    *STUCK.0.lock().unwrap() = true;
+    STUCK.1.notify_all();
+}
+
 // ---------- subflows, logs, parameters ----------
 
 #[weir::task]
@@ -419,6 +483,36 @@ async fn subflows_are_linked_runs_and_task_logs_are_recorded_with_their_task_run
     assert_eq!(line.task_run_id, Some(task.id));
     assert_eq!(line.level, "INFO");
     assert!(line.message.contains(&format!("word={word}")), "{}", line.message);
+}
+
+#[weir::task]
+async fn weirdata_logger(word: String) -> anyhow::Result<()> {
+    // A user crate whose name merely starts with "weir" (a crate called `weirdata`).
+    tracing::info!(target: "weirdata::loader", "loaded {word}");
+    tracing::info!(target: "weir_datasets", "indexed {word}");
+    Ok(())
+}
+
+#[weir::flow]
+async fn weirdata_flow(word: String) -> anyhow::Result<()> {
+    Ok(weirdata_logger(word).await?)
+}
+
+#[tokio::test]
+async fn info_lines_of_user_crates_named_like_weir_are_recorded() {
+    env();
+    let word = format!("w{}", unique());
+    let (result, report) = weirdata_flow(word.clone()).with_report().await;
+    result.unwrap();
+    let logs = db().logs(report.flow_run_id).unwrap();
+    let mine: Vec<&str> = logs
+        .iter()
+        .filter(|l| l.message.contains(&word))
+        .map(|l| l.target.as_str())
+        .collect();
+    assert_eq!(mine, vec!["weirdata::loader", "weir_datasets"], "{logs:?}");
+    // weir's own INFO chatter (task and flow states) is still not recorded as log lines.
+    assert!(logs.iter().all(|l| l.target != "weir::task"), "{logs:?}");
 }
 
 #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]

@@ -813,3 +813,66 @@ fn a_waiter_with_a_shorter_lease_ttl_waits_for_a_live_holder() {
     let a_value = a_value.strip_prefix("miss ").unwrap();
     assert_eq!(b, format!("hit {a_value}"));
 }
+
+#[test]
+fn a_flow_outside_a_tokio_runtime_is_a_clear_error_in_a_terminal_and_out_of_one() {
+    let home = tempfile::tempdir().unwrap();
+    // Not a terminal: plain log lines.
+    let plain = ok(probe(home.path()).arg("no-runtime").output().unwrap());
+    assert!(plain.contains("error:") && plain.contains("tokio runtime"), "{plain}");
+
+    // A terminal (`script` from util-linux makes a pseudo-terminal): the live progress line
+    // would start here, and must not panic for want of a runtime.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping the terminal half: no `script` command to make a terminal");
+        return;
+    }
+    let cmd = format!("{} no-runtime", env!("CARGO_BIN_EXE_cache_probe"));
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("WEIR_HOME", home.path())
+        .env("WEIR_LOG", "warn")
+        .env_remove("WEIR_RESULTS_DIR")
+        .env_remove("WEIR_STATE_DB")
+        .env_remove("WEIR_PROGRESS")
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("error:") && screen.contains("tokio runtime") && !screen.contains("panicked"),
+        "{screen}"
+    );
+}
+
+#[test]
+fn a_process_exits_even_if_a_timed_out_blocking_task_still_runs() {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = probe(home.path())
+        .arg("abandon")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The task's thread sleeps for an hour; main returns after the 100 ms timeout.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if status.is_none() {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(status.is_some(), "the process hung on the abandoned thread: {stderr}");
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("endless started"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("timed out"));
+}

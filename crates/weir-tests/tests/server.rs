@@ -1,8 +1,10 @@
 //! Flows run in other processes report to a real server (WEIR_API_URL).
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use weir_types::State;
 
@@ -85,4 +87,272 @@ async fn a_wrong_api_key_loses_the_record_but_not_the_flow() {
     let anonymous = weir_client::Client::new(&api, None).unwrap();
     let e = anonymous.flow_runs(&[]).await.unwrap_err();
     assert!(e.to_string().contains("401"), "{e}");
+}
+
+fn probe_args(home: &Path, api: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cache_probe"))
+        .env("WEIR_HOME", home)
+        .env("WEIR_API_URL", api)
+        .env("WEIR_LOG", "warn")
+        .env_remove("WEIR_RESULTS")
+        .env_remove("WEIR_API_KEY")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_server_would_refuse_are_cleaned_and_big_batches_split_by_bytes() {
+    let (api, _db) = server(None).await;
+    let home = tempfile::tempdir().unwrap();
+    let (h, a) = (home.path().to_path_buf(), api.clone());
+    // 80 lines of 60 KiB: about 5 MiB of logs, more than one request may carry.
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["hostile", "80"]))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("not recorded"), "nothing lost: {stderr}");
+
+    let client = weir_client::Client::new(&api, None).unwrap();
+    let runs = client.flow_runs(&[]).await.unwrap().items;
+    assert_eq!(runs.len(), 1, "the run was recorded");
+    let run = &runs[0];
+    assert_eq!(run.state, State::Completed);
+    assert!(run.flow_name.len() <= 256, "{}", run.flow_name.len());
+    assert!(run.flow_name.starts_with("hostile-xxx") && run.flow_name.contains("truncated by weir"));
+    let tasks = client.task_runs(run.id).await.unwrap();
+    assert_eq!(tasks[0].state, State::Completed);
+
+    let logs = client.logs(run.id).await.unwrap();
+    let lines: Vec<&str> = logs.iter().map(|l| l.message.as_str()).collect();
+    let long = lines.iter().find(|l| l.starts_with("LLLL")).expect("the long line");
+    assert!(
+        long.len() <= 65536 && long.ends_with("more bytes]"),
+        "{}",
+        &long[long.len() - 60..]
+    );
+    assert!(lines.contains(&"before␀after"), "the NUL is replaced, the line kept");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("line ")).count(), 80);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_nested_too_deep_for_the_server_are_replaced_by_a_note() {
+    let (api, _db) = server(None).await;
+    let home = tempfile::tempdir().unwrap();
+    let (h, a) = (home.path().to_path_buf(), api.clone());
+    // Parameters nested 200 deep: the server's JSON parser would refuse them (422).
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["deep", "200", "5"]))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+
+    let client = weir_client::Client::new(&api, None).unwrap();
+    let runs = client.flow_runs(&[("flow", "deep")]).await.unwrap().items;
+    assert_eq!(runs.len(), 1, "the run itself was recorded: {stderr}");
+    assert_eq!(runs[0].state, State::Completed);
+    assert!(
+        runs[0].parameters.as_str().unwrap_or("").contains("not recorded"),
+        "{:?}",
+        runs[0].parameters
+    );
+    let tasks = client.task_runs(runs[0].id).await.unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].state, State::Completed);
+}
+
+/// The server as its own process (`server_probe`), so it can really be stopped.
+struct ServerProcess(Child);
+
+impl ServerProcess {
+    fn start(db: &Path, addr: &str) -> (ServerProcess, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_server_probe"))
+            .arg(db)
+            .arg(addr)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .expect("server address")
+            .to_string();
+        (ServerProcess(child), addr)
+    }
+
+    fn stop(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spool_files(home: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    std::fs::read_dir(home.join("spool"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| (e.path(), e.metadata().unwrap().len()))
+                .filter(|(_, len)| *len > 0)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_server_down_runs_are_spooled_and_the_next_process_delivers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("server.db");
+    let (server, addr) = ServerProcess::start(&db, "127.0.0.1:0");
+    let api = format!("http://{addr}");
+    server.stop();
+
+    // The server is down: the flow still ends, within the flush wait, and says where its
+    // records are.
+    let home = tempfile::tempdir().unwrap();
+    let (h, a) = (home.path().to_path_buf(), api.clone());
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["run", "31"]))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(took < Duration::from_secs(20), "the flow's exit waited {took:?}");
+    assert!(stderr.contains("unreachable") && stderr.contains("spool"), "{stderr}");
+    let spooled = spool_files(home.path());
+    assert_eq!(spooled.len(), 1, "{spooled:?}");
+
+    // Back on the same port. The next process delivers the first one's spool.
+    let (_server, again) = ServerProcess::start(&db, &addr);
+    assert_eq!(again, addr);
+    let (h, a) = (home.path().to_path_buf(), api.clone());
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["run", "32"]))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("unreachable"), "{stderr}");
+
+    let client = weir_client::Client::new(&api, None).unwrap();
+    let runs = client.flow_runs(&[("flow", "probe")]).await.unwrap().items;
+    let mut params: Vec<serde_json::Value> = runs.iter().map(|r| r.parameters.clone()).collect();
+    params.sort_by_key(|p| p["n"].as_u64());
+    assert_eq!(params, vec![serde_json::json!({"n": 31}), serde_json::json!({"n": 32})]);
+    for run in &runs {
+        assert_eq!(run.state, State::Completed);
+        let tasks = client.task_runs(run.id).await.unwrap();
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].state, State::Completed);
+    }
+    assert!(spool_files(home.path()).is_empty(), "the spool was sent and removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refused_event_does_not_lose_the_rest_of_its_batch() {
+    let (api, _db) = server(None).await;
+    let home = tempfile::tempdir().unwrap();
+    // A spool left by a process that died, written by an SDK that did not clean its events:
+    // one log line has a NUL, which the server refuses (422) for the whole request.
+    let flow = weir_types::FlowRunId::new();
+    let rec = |state: State| {
+        serde_json::json!({"kind": "flow_run", "record": {
+            "id": flow, "flow_name": "spooled", "flow_path": "app::spooled",
+            "parent_flow_run_id": null, "parent_task_run_id": null, "state": state,
+            "parameters": {}, "created_at": 1, "started_at": 1, "ended_at": null, "error": null,
+            "hostname": "h", "pid": 1, "tags": []}})
+    };
+    let log = |message: &str| {
+        serde_json::json!({"kind": "log", "record": {
+            "flow_run_id": flow, "task_run_id": null, "at": 2, "level": "INFO", "target": "app",
+            "message": message}})
+    };
+    let mut completed = rec(State::Completed);
+    completed["record"]["ended_at"] = serde_json::json!(3);
+    let lines = [
+        rec(State::Running),
+        log("first"),
+        log("bad\0line"),
+        log("kept"),
+        completed,
+    ];
+    let spool = home.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(spool.join("1-1-dead.jsonl"), text).unwrap();
+
+    let (h, a) = (home.path().to_path_buf(), api.clone());
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["run", "41"]))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refused one event"),
+        "the refusal is reported: {stderr}"
+    );
+
+    let client = weir_client::Client::new(&api, None).unwrap();
+    let run = client.flow_run(flow).await.unwrap();
+    assert_eq!(run.state, State::Completed, "events after the refused one arrived");
+    let logs: Vec<String> = client
+        .logs(flow)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert_eq!(logs, vec!["first".to_string(), "kept".to_string()]);
+    assert!(spool_files(home.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_faster_than_the_server_waits_for_room_and_loses_nothing() {
+    let (api, _db) = server(None).await;
+    let home = tempfile::tempdir().unwrap();
+    let (h, a) = (home.path().to_path_buf(), api.clone());
+    // 15,000 task runs produce ~45,000 events, far more than the reporter's queue holds:
+    // the flow must wait for room (not hang, not grow memory, not drop anything).
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cache_probe"))
+            .env("WEIR_HOME", &h)
+            .env("WEIR_API_URL", &a)
+            .env("WEIR_LOG", "warn")
+            .env_remove("WEIR_API_KEY")
+            .args(["flood", "15000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the flow hung or failed: {stderr}");
+    assert!(!stderr.contains("not recorded"), "{stderr}");
+    let client = weir_client::Client::new(&api, None).unwrap();
+    let runs = client.flow_runs(&[("flow", "flood")]).await.unwrap().items;
+    assert_eq!(runs[0].state, State::Completed);
+    let tasks = client.task_runs(runs[0].id).await.unwrap();
+    assert_eq!(tasks.len(), 15_000);
+    assert!(tasks.iter().all(|t| t.state == State::Completed));
 }

@@ -48,6 +48,9 @@ impl Console {
 
     /// Starts the live line of a root flow run, if stderr is live.
     pub fn progress(&self, flow: &str, counters: Arc<Counters>) -> Option<Progress> {
+        // The ticker is a tokio task: without a runtime there is no live line (and the
+        // flow reports that it needs one).
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
         if !self.live {
             return None;
         }
@@ -58,7 +61,7 @@ impl Console {
         bar.set_prefix(flow.to_string());
         bar.enable_steady_tick(Duration::from_millis(100));
         let ticker_bar = bar.clone();
-        let ticker = tokio::spawn(async move {
+        let ticker = runtime.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(100));
             loop {
                 every.tick().await;

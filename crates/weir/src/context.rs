@@ -34,6 +34,8 @@ impl Counters {
 /// A flow run in progress.
 pub(crate) struct FlowRunCtx {
     pub id: FlowRunId,
+    /// The root flow run of this tree (this run's own id for a root).
+    pub root: FlowRunId,
     pub name: &'static str,
     /// Counters of this flow run's own task runs.
     pub counters: Arc<Counters>,

@@ -8,23 +8,28 @@ use std::sync::{Arc, OnceLock};
 use futures::future::BoxFuture;
 use weir_cache::{Compression, OpenOptions, ResultStore};
 use weir_state::{Event, Writer};
+use weir_types::FlowRunId;
 
 use crate::console::Console;
 use crate::settings::{CONFIGURED, Settings};
 
 /// Where run state goes. One code path records state; transports only carry it.
+/// Events carry the root flow run they belong to, so a loss is reported to that flow run's
+/// flush and no other.
 pub(crate) trait Transport: Send + Sync {
-    fn send(&self, event: Event);
-    /// Resolves once everything sent so far is durable.
-    fn flush(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// Queues an event; may wait while the transport's bounded queue is full (backpressure).
+    fn send(&self, root: Option<FlowRunId>, event: Event);
+    /// Resolves once everything sent so far is durable (or handed to a spool); an error
+    /// reports what of `root`'s records was lost.
+    fn flush(&self, root: Option<FlowRunId>) -> BoxFuture<'_, Result<(), String>>;
 }
 
 impl Transport for Writer {
-    fn send(&self, event: Event) {
-        Writer::send(self, event)
+    fn send(&self, root: Option<FlowRunId>, event: Event) {
+        Writer::send_for(self, root, event)
     }
-    fn flush(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move { Writer::flush(self).await.map_err(|e| e.to_string()) })
+    fn flush(&self, root: Option<FlowRunId>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { Writer::flush_run(self, root).await.map_err(|e| e.to_string()) })
     }
 }
 
@@ -75,7 +80,9 @@ pub(crate) fn get() -> &'static Engine {
         let remote = settings.api_url.as_deref().map(|url| {
             weir_client::Client::new(url, settings.api_key.clone())
                 .map_err(|e| e.to_string())
-                .and_then(|c| crate::remote::HttpTransport::start(c).map_err(|e| e.to_string()))
+                .and_then(|c| {
+                    crate::remote::HttpTransport::start(c, settings.spool_dir.clone()).map_err(|e| e.to_string())
+                })
         });
         let transport: Option<Box<dyn Transport>> = match (remote, &settings.state_db) {
             (Some(Ok(t)), _) => Some(Box::new(t)),
@@ -104,15 +111,17 @@ pub(crate) fn get() -> &'static Engine {
 }
 
 impl Engine {
-    pub fn record(&self, event: Event) {
+    /// Records an event of the run tree under `root`.
+    pub fn record(&self, root: Option<FlowRunId>, event: Event) {
         if let Some(t) = &self.transport {
-            t.send(event);
+            t.send(root, event);
         }
     }
 
-    pub async fn flush(&self) -> Result<(), String> {
+    /// Waits for `root`'s records; an error says what of them was lost.
+    pub async fn flush(&self, root: Option<FlowRunId>) -> Result<(), String> {
         match &self.transport {
-            Some(t) => t.flush().await,
+            Some(t) => t.flush(root).await,
             None => Ok(()),
         }
     }

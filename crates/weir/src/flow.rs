@@ -141,6 +141,7 @@ impl<T: Send + 'static> Future for FlowCall<T> {
 /// Records a flow run's states; a run dropped before it finished is recorded as cancelled.
 struct FlowRun {
     engine: &'static Engine,
+    root: FlowRunId,
     rec: FlowRunRecord,
     done: bool,
 }
@@ -157,14 +158,18 @@ impl FlowRun {
             self.rec.error = message.clone();
             self.done = true;
         }
-        self.engine.record(weir_state::Event::FlowRun(self.rec.clone()));
-        self.engine.record(weir_state::Event::State(StateRecord {
-            flow_run_id: Some(self.rec.id),
-            task_run_id: None,
-            state,
-            at: now,
-            message,
-        }));
+        self.engine
+            .record(Some(self.root), weir_state::Event::FlowRun(self.rec.clone()));
+        self.engine.record(
+            Some(self.root),
+            weir_state::Event::State(StateRecord {
+                flow_run_id: Some(self.rec.id),
+                task_run_id: None,
+                state,
+                at: now,
+                message,
+            }),
+        );
     }
 }
 
@@ -192,8 +197,10 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
     let id = FlowRunId::new();
     let is_root = parent.flow.is_none();
     let counters = Arc::new(Counters::default());
+    let root = parent.flow.as_ref().map(|f| f.root).unwrap_or(id);
     let ctx = Arc::new(FlowRunCtx {
         id,
+        root,
         name: spec.name,
         root_counters: parent
             .flow
@@ -206,6 +213,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
     });
     let mut run = FlowRun {
         engine,
+        root,
         rec: FlowRunRecord {
             id,
             flow_name: spec.name.to_string(),
@@ -232,6 +240,13 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
 
     let outcome: Result<anyhow::Result<T>, (State, String)> = match parts.params {
         Err(e) => Err((State::Failed, format!("invalid parameters: {e}"))),
+        // A root flow's body runs as a spawned task (awaiting many small tasks from inside
+        // the runtime is far cheaper than from the thread that called block_on), so it needs
+        // a runtime; checked before anything (the progress line) would need one.
+        Ok(_) if is_root && tokio::runtime::Handle::try_current().is_err() => Err((
+            State::Crashed,
+            "weir flows run inside a tokio runtime (use #[tokio::main])".to_string(),
+        )),
         Ok(_) => {
             run.set(State::Running, None);
             let progress = if is_root {
@@ -241,28 +256,19 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
             };
             SCOPE.sync_scope(scope.clone(), || tracing::info!(target: "weir::flow", "Running"));
             let body = SCOPE.scope(scope.clone(), AssertUnwindSafe(parts.body).catch_unwind());
-            let result = if is_root {
-                // A root flow's body runs as a spawned task: awaiting many small tasks from
-                // inside the runtime is far cheaper than from the thread that called block_on.
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        let mut handle = AbortOnDrop(rt.spawn(body));
-                        match (&mut handle.0).await {
-                            Ok(Ok(r)) => Ok(r),
-                            Ok(Err(panic)) => Err((State::Crashed, format!("panicked: {}", panic_message(&panic)))),
-                            Err(e) => Err((State::Crashed, e.to_string())),
-                        }
+            let result = match tokio::runtime::Handle::try_current() {
+                Ok(rt) if is_root => {
+                    let mut handle = AbortOnDrop(rt.spawn(body));
+                    match (&mut handle.0).await {
+                        Ok(Ok(r)) => Ok(r),
+                        Ok(Err(panic)) => Err((State::Crashed, format!("panicked: {}", panic_message(&panic)))),
+                        Err(e) => Err((State::Crashed, e.to_string())),
                     }
-                    Err(_) => Err((
-                        State::Crashed,
-                        "weir flows run inside a tokio runtime (use #[tokio::main])".to_string(),
-                    )),
                 }
-            } else {
-                match body.await {
+                _ => match body.await {
                     Ok(r) => Ok(r),
                     Err(panic) => Err((State::Crashed, format!("panicked: {}", panic_message(&panic)))),
-                }
+                },
             };
             // Tasks submitted and never awaited still belong to this run.
             ctx.submitted.close();
@@ -305,7 +311,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
         _ => tracing::error!(target: "weir::flow", "{summary}: {}", run.rec.error.as_deref().unwrap_or("")),
     });
 
-    if is_root && let Err(e) = engine.flush().await {
+    if is_root && let Err(e) = engine.flush(Some(id)).await {
         engine.console.line(&format!("weir: warning: {e}"));
     }
     let result = result.map_err(|(_, source)| FlowError {

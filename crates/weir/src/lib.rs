@@ -69,6 +69,7 @@
 //! From the environment (see [`Settings::from_env`]) or once with [`configure`].
 
 mod artifact;
+mod blocking;
 mod cache;
 mod console;
 mod context;
@@ -140,17 +141,30 @@ pub mod __private {
         Box::pin(f)
     }
 
-    /// Runs a blocking task body on the blocking pool, inside its task run's scope.
+    /// Runs a blocking task body on a weir thread (see `blocking.rs`), inside its task
+    /// run's scope.
     pub fn blocking<T: Send + 'static>(
         f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> BoxFuture<'static, anyhow::Result<T>> {
         Box::pin(async move {
             let scope = crate::context::current().unwrap_or_default();
-            match tokio::task::spawn_blocking(move || crate::context::with_blocking_scope(scope, f)).await {
-                Ok(r) => r,
+            let guard = scope.task.map(|(id, _)| crate::blocking::register(id));
+            let (tx, rx) = futures::channel::oneshot::channel();
+            let job = move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::context::with_blocking_scope(scope, f)
+                }));
+                let _ = tx.send(result);
+                drop(guard);
+            };
+            if let Err(e) = crate::blocking::spawn(Box::new(job)) {
+                return Err(anyhow::anyhow!("could not start a thread for a blocking task: {e}"));
+            }
+            match rx.await {
+                Ok(Ok(r)) => r,
                 // Re-raised so the engine records the task run as Crashed, like an async panic.
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => Err(anyhow::anyhow!("blocking task did not finish: {e}")),
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(_) => Err(anyhow::anyhow!("blocking task did not finish")),
             }
         })
     }

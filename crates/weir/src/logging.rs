@@ -63,6 +63,22 @@ fn clock() -> String {
     now.to_zoned(tz).strftime("%H:%M:%S%.3f").to_string()
 }
 
+/// weir's own crates, by exact crate name: a user crate called `weirdata` is not weir.
+const WEIR_CRATES: &[&str] = &[
+    "weir",
+    "weir_cache",
+    "weir_state",
+    "weir_client",
+    "weir_types",
+    "weir_macros",
+];
+
+/// Whether a `tracing` target belongs to one of weir's own crates.
+fn is_weir_target(target: &str) -> bool {
+    let krate = target.split("::").next().unwrap_or(target);
+    WEIR_CRATES.contains(&krate)
+}
+
 impl<S: Subscriber> Layer<S> for WeirLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
@@ -91,16 +107,20 @@ impl<S: Subscriber> Layer<S> for WeirLayer {
 
         // weir's own progress lines are states, already recorded as such; its warnings
         // (a corrupt cache entry, say) belong with the run.
-        let is_engine_chatter = meta.target().starts_with("weir") && level > Level::WARN;
+        let is_engine_chatter = is_weir_target(meta.target()) && level > Level::WARN;
         if let Some(scope) = scope.filter(|_| !is_engine_chatter) {
-            engine.record(weir_state::Event::Log(LogRecord {
-                flow_run_id: scope.flow.as_ref().map(|f| f.id),
-                task_run_id: scope.task.map(|t| t.0),
-                at: weir_types::time::now_micros(),
-                level: level.as_str().to_string(),
-                target: meta.target().to_string(),
-                message: text,
-            }));
+            let root = scope.flow.as_ref().map(|f| f.root);
+            engine.record(
+                root,
+                weir_state::Event::Log(LogRecord {
+                    flow_run_id: scope.flow.as_ref().map(|f| f.id),
+                    task_run_id: scope.task.map(|t| t.0),
+                    at: weir_types::time::now_micros(),
+                    level: level.as_str().to_string(),
+                    target: meta.target().to_string(),
+                    message: text,
+                }),
+            );
         }
     }
 }

@@ -1,117 +1,748 @@
 //! The second transport: run state sent to a weir server (`WEIR_API_URL`).
 //!
-//! Events go into a channel (never blocking the task that records them) and a background
-//! thread posts them in batches. A batch that fails for a transient reason (server
-//! restarting, database down) is retried with backoff; retries are safe because the server
-//! treats snapshots as idempotent proposals and deduplicates logs. A flush resolves once
-//! everything sent before it was accepted, or reports what was lost.
+//! Events go into a bounded queue (a recording task waits only while it is full) and a
+//! background thread posts them in batches of at most [`MAX_BATCH`] events and
+//! [`MAX_BATCH_BYTES`] bytes. What the server would refuse is made acceptable first: text
+//! over its limits is truncated and NULs replaced, saying so in the text. A batch the server
+//! still refuses (422, 413) is split until the refused event is alone; only that one is
+//! dropped (reported on stderr).
+//!
+//! While the server is unreachable, events go to a spool file under `$WEIR_HOME/spool`
+//! (at most [`SPOOL_MAX`] bytes per process; beyond that events are lost and reported). The
+//! spool is sent when the server is back: by this process, or by the next process that
+//! reports to it (a spool file is locked by its owner while the owner lives). A flush waits
+//! at most [`FLUSH_WAIT`] for the server; then it reports what stayed in the spool. Resending
+//! is safe: the server treats snapshots as idempotent proposals and deduplicates logs.
 
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
-use weir_client::Client;
-use weir_types::Event;
+use tokio::time::Instant;
+use weir_client::{Client, ClientError};
+use weir_types::{Event, FlowRunId};
 
 use crate::engine::Transport;
+
+/// Events queued for the reporter at most (a sender waits while it is full).
+const QUEUE: usize = 4096;
+/// At most this many events per request…
+const MAX_BATCH: usize = 2000;
+/// …and at most this many bytes (the server takes bodies up to 4 MiB).
+const MAX_BATCH_BYTES: usize = 3 << 20;
+/// One event larger than this (huge parameters, a very long history) is shrunk first.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+/// How long one request may take before the server counts as unreachable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a flush (a root flow run's end) waits for an unreachable server.
+pub(crate) const FLUSH_WAIT: Duration = Duration::from_secs(10);
+/// The largest spool file one process writes.
+pub(crate) const SPOOL_MAX: u64 = 64 << 20;
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 // Events dominate the channel; boxing them would cost an allocation each for nothing.
 #[allow(clippy::large_enum_variant)]
 enum Msg {
-    Event(Event),
-    Flush(oneshot::Sender<Result<(), String>>),
+    Event(Option<FlowRunId>, Event),
+    Flush(Option<FlowRunId>, oneshot::Sender<Result<(), String>>),
 }
 
 pub(crate) struct HttpTransport {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
 }
 
-/// How long one batch is retried before its events are given up (and reported).
-const RETRY_FOR: Duration = Duration::from_secs(60);
-const MAX_BATCH: usize = 2000;
-
 impl HttpTransport {
-    pub fn start(client: Client) -> std::io::Result<HttpTransport> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn start(client: Client, spool_dir: PathBuf) -> std::io::Result<HttpTransport> {
+        let (tx, rx) = mpsc::channel(QUEUE);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let reporter = Reporter {
+            client,
+            rx,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            waiters: Vec::new(),
+            losses: HashMap::new(),
+            spool: Spool::new(spool_dir),
+            retry_at: None,
+            backoff: BACKOFF_FIRST,
+            foreign: None,
+            foreign_scanned: false,
+            closed: false,
+        };
         std::thread::Builder::new()
             .name("weir-api-reporter".into())
-            .spawn(move || rt.block_on(run(client, rx)))?;
+            .spawn(move || rt.block_on(reporter.run()))?;
         Ok(HttpTransport { tx })
     }
 }
 
-async fn post_with_retry(client: &Client, batch: &[Event]) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + RETRY_FOR;
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match client.post_events(batch).await {
-            Ok(result) => {
-                for r in &result.rejected {
-                    tracing::warn!(target: "weir::remote", "the server refused a state change: {}", r.message);
-                }
-                return Ok(());
-            }
-            Err(e) if e.is_transient() && tokio::time::Instant::now() + wait < deadline => {
-                tracing::debug!(target: "weir::remote", "reporting to {} failed ({e}); retrying", client.base_url());
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                return Err(format!(
-                    "{} events not recorded on {}: {e}",
-                    batch.len(),
-                    client.base_url()
-                ));
-            }
-        }
-    }
-}
-
-async fn run(client: Client, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut batch = Vec::new();
-    let mut waiters = Vec::new();
-    let mut lost: Option<String> = None;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Event(e) => batch.push(e),
-                Msg::Flush(w) => waiters.push(w),
-            }
-            if batch.len() >= MAX_BATCH {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        if !batch.is_empty() {
-            if let Err(e) = post_with_retry(&client, &batch).await {
-                lost = Some(e);
-            }
-            batch.clear();
-        }
-        for w in waiters.drain(..) {
-            let _ = w.send(match lost.take() {
-                Some(e) => Err(e),
-                None => Ok(()),
-            });
-        }
-    }
-}
-
 impl Transport for HttpTransport {
-    fn send(&self, event: Event) {
-        let _ = self.tx.send(Msg::Event(event));
+    fn send(&self, root: Option<FlowRunId>, event: Event) {
+        match self.tx.try_send(Msg::Event(root, event)) {
+            Ok(()) => {}
+            // Backpressure: wait for room. The reporter runs on its own thread and runtime,
+            // so waiting here (even on a runtime worker) cannot deadlock it. Unconstrained:
+            // on a tokio worker whose cooperative budget is spent, the send would otherwise
+            // defer its wake-up to a scheduler this thread never returns to.
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let _ = futures::executor::block_on(tokio::task::unconstrained(self.tx.send(msg)));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 
-    fn flush(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn flush(&self, root: Option<FlowRunId>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let (done, wait) = oneshot::channel();
             self.tx
-                .send(Msg::Flush(done))
+                .send(Msg::Flush(root, done))
+                .await
                 .map_err(|_| "the server reporter has stopped".to_string())?;
             wait.await
                 .map_err(|_| "the server reporter stopped before flushing".to_string())?
         })
     }
+}
+
+/// One event, serialized once (measured, posted and spooled as these bytes).
+struct Item {
+    root: Option<FlowRunId>,
+    json: Vec<u8>,
+}
+
+struct Waiter {
+    root: Option<FlowRunId>,
+    deadline: Instant,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Why a set of events was not delivered.
+enum PostError {
+    /// The server is unreachable or unavailable: keep them (spool) and try again later.
+    Transient(String),
+    /// The server will never take them (a wrong key, say): they are lost.
+    Permanent(String),
+}
+
+struct Reporter {
+    client: Client,
+    rx: mpsc::Receiver<Msg>,
+    batch: Vec<Item>,
+    batch_bytes: usize,
+    waiters: Vec<Waiter>,
+    /// Events lost per root flow run (count, last reason), until that root flushes.
+    losses: HashMap<Option<FlowRunId>, (usize, String)>,
+    spool: Spool,
+    /// Set while the server is unreachable: when to try again.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// Another (dead) process's spool being delivered, one batch per turn.
+    foreign: Option<Foreign>,
+    foreign_scanned: bool,
+    closed: bool,
+}
+
+impl Reporter {
+    async fn run(mut self) {
+        loop {
+            self.gather().await;
+            if !self.batch.is_empty() {
+                let items = std::mem::take(&mut self.batch);
+                self.batch_bytes = 0;
+                if self.retry_at.is_some() {
+                    self.spool_items(items);
+                } else {
+                    let deadline = self.earliest_deadline();
+                    match self.post_all(&items, deadline).await {
+                        Ok(()) => {}
+                        Err(PostError::Transient(e)) => {
+                            self.went_down(&e);
+                            self.spool_items(items);
+                        }
+                        Err(PostError::Permanent(e)) => self.lose(&items, &e),
+                    }
+                }
+            }
+            if let Some(at) = self.retry_at
+                && Instant::now() >= at
+            {
+                self.retry().await;
+            }
+            if self.retry_at.is_none() && self.batch.is_empty() {
+                self.deliver_foreign_batch().await;
+            }
+            self.answer_waiters();
+            if self.closed && self.batch.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Takes messages into the batch: waits for the first one only when there is nothing
+    /// else to do (and not past a retry time or a flush deadline).
+    async fn gather(&mut self) {
+        let idle = self.foreign.is_none() || self.retry_at.is_some();
+        if self.batch.is_empty() && idle && !self.closed {
+            let wake = [self.retry_at, self.earliest_deadline()].into_iter().flatten().min();
+            let msg = match wake {
+                Some(t) => tokio::time::timeout_at(t, self.rx.recv()).await.ok(),
+                None => Some(self.rx.recv().await),
+            };
+            match msg {
+                Some(Some(m)) => self.take(m),
+                Some(None) => self.closed = true,
+                None => {}
+            }
+        }
+        while self.batch.len() < MAX_BATCH && self.batch_bytes < MAX_BATCH_BYTES {
+            match self.rx.try_recv() {
+                Ok(m) => self.take(m),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, msg: Msg) {
+        match msg {
+            Msg::Event(root, event) => match encode(sanitize(event)) {
+                Ok(json) => {
+                    self.batch_bytes += json.len() + 1;
+                    self.batch.push(Item { root, json });
+                }
+                Err(e) => self.lose_one(root, &format!("an event could not be encoded: {e}")),
+            },
+            Msg::Flush(root, done) => self.waiters.push(Waiter {
+                root,
+                deadline: Instant::now() + FLUSH_WAIT,
+                done,
+            }),
+        }
+    }
+
+    fn earliest_deadline(&self) -> Option<Instant> {
+        self.waiters.iter().map(|w| w.deadline).min()
+    }
+
+    /// Answers the flushes whose events are all delivered, or spooled past their deadline.
+    fn answer_waiters(&mut self) {
+        let now = Instant::now();
+        let delivered = self.retry_at.is_none() && self.spool.is_empty();
+        let foreign_done = self.foreign.is_none();
+        let mut keep = Vec::new();
+        for w in std::mem::take(&mut self.waiters) {
+            let lost = |losses: &mut HashMap<_, (usize, String)>| match losses.remove(&w.root) {
+                Some((n, e)) => Err(format!("{n} events not recorded on {}: {e}", self.client.base_url())),
+                None => Ok(()),
+            };
+            if delivered && (foreign_done || now >= w.deadline) {
+                let _ = w.done.send(lost(&mut self.losses));
+            } else if now >= w.deadline {
+                let spooled = format!(
+                    "the server at {} is unreachable; {} events wait in {} and will be sent when it is back \
+                     (by this process, or the next one that reports to it)",
+                    self.client.base_url(),
+                    self.spool.events,
+                    self.spool.path.display()
+                );
+                let answer = match lost(&mut self.losses) {
+                    Ok(()) => Err(spooled),
+                    Err(e) => Err(format!("{e}; {spooled}")),
+                };
+                let _ = w.done.send(answer);
+            } else {
+                keep.push(w);
+            }
+        }
+        self.waiters = keep;
+    }
+
+    fn went_down(&mut self, why: &str) {
+        if self.retry_at.is_none() {
+            tracing::debug!(target: "weir::remote", "reporting to {} failed ({why}); spooling", self.client.base_url());
+        }
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Tries to send the spool; the server counts as back once it is all delivered.
+    async fn retry(&mut self) {
+        let deadline = self.earliest_deadline();
+        match self.deliver_own_spool(deadline).await {
+            Ok(()) => {
+                self.retry_at = None;
+                self.backoff = BACKOFF_FIRST;
+                // Processes may have died with spools meanwhile.
+                self.foreign_scanned = false;
+            }
+            Err(e) => self.went_down(&e),
+        }
+    }
+
+    fn spool_items(&mut self, items: Vec<Item>) {
+        if let Err(e) = self.spool.append(&items) {
+            self.lose(&items, &e);
+        }
+    }
+
+    fn lose(&mut self, items: &[Item], why: &str) {
+        for item in items {
+            self.lose_one(item.root, why);
+        }
+    }
+
+    fn lose_one(&mut self, root: Option<FlowRunId>, why: &str) {
+        let entry = self.losses.entry(root).or_insert((0, String::new()));
+        entry.0 += 1;
+        entry.1 = why.to_string();
+    }
+
+    async fn deliver_own_spool(&mut self, deadline: Option<Instant>) -> Result<(), String> {
+        let Some(mut reader) = self.spool.reader().map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        loop {
+            let chunk = read_chunk(&mut reader).map_err(|e| format!("reading the spool: {e}"))?;
+            if chunk.is_empty() {
+                break;
+            }
+            match self.post_all(&chunk, deadline).await {
+                Ok(()) => {}
+                Err(PostError::Transient(e)) => return Err(e),
+                Err(PostError::Permanent(e)) => self.lose(&chunk, &e),
+            }
+        }
+        self.spool.clear();
+        Ok(())
+    }
+
+    /// Sends one batch of another process's spool, if there is one to send.
+    async fn deliver_foreign_batch(&mut self) {
+        if self.foreign.is_none() && !self.foreign_scanned {
+            self.foreign = Foreign::claim_next(&self.spool.dir, &self.spool.path);
+            self.foreign_scanned = self.foreign.is_none();
+        }
+        let Some(foreign) = &mut self.foreign else { return };
+        let chunk = match read_chunk(&mut foreign.reader) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!(
+                    "weir: warning: could not read the spool {}: {e}",
+                    foreign.path.display()
+                );
+                self.foreign = None;
+                return;
+            }
+        };
+        if chunk.is_empty() {
+            if let Some(f) = self.foreign.take() {
+                f.finish();
+            }
+            return;
+        }
+        let deadline = self.earliest_deadline();
+        match self.post_all(&chunk, deadline).await {
+            Ok(()) => {}
+            // Released (its lock drops with it) and tried again when the server is back.
+            Err(PostError::Transient(e)) => {
+                self.foreign = None;
+                self.went_down(&e);
+            }
+            Err(PostError::Permanent(e)) => {
+                eprintln!("weir: warning: {} spooled events not recorded: {e}", chunk.len());
+            }
+        }
+    }
+
+    /// Posts items in requests within the batch limits; a refused request is split until
+    /// the refused event is alone, and only that event is dropped.
+    async fn post_all(&self, items: &[Item], deadline: Option<Instant>) -> Result<(), PostError> {
+        let mut ranges: Vec<(usize, usize)> = chunks(items).into_iter().rev().collect();
+        while let Some((start, end)) = ranges.pop() {
+            let part = &items[start..end];
+            match self.post(part.iter().map(|i| i.json.as_slice()), deadline).await {
+                Ok(()) => {}
+                Err(ClientError::Api { status, detail }) if status == 422 || status == 413 => {
+                    if part.len() == 1 {
+                        self.refused(&part[0], status, &detail.message, deadline).await?;
+                        continue;
+                    }
+                    // The server names the refused event (`events[3].record.message`); without
+                    // that, halve.
+                    let named = detail
+                        .field
+                        .as_deref()
+                        .and_then(event_index)
+                        .filter(|i| *i < part.len());
+                    match named {
+                        Some(i) => {
+                            ranges.push((start + i + 1, end));
+                            ranges.push((start + i, start + i + 1));
+                            ranges.push((start, start + i));
+                        }
+                        None => {
+                            let mid = start + part.len() / 2;
+                            ranges.push((mid, end));
+                            ranges.push((start, mid));
+                        }
+                    }
+                    ranges.retain(|(s, e)| s < e);
+                }
+                Err(e) if e.is_transient() => return Err(PostError::Transient(e.to_string())),
+                Err(e) => return Err(PostError::Permanent(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// One event the server refuses. A flow run refused for its parameters (too deep, say)
+    /// is sent again without them, so the run itself is not lost; anything else is dropped.
+    async fn refused(&self, item: &Item, status: u16, why: &str, deadline: Option<Instant>) -> Result<(), PostError> {
+        if let Ok(Event::FlowRun(mut run)) = serde_json::from_slice::<Event>(&item.json)
+            && !run.parameters.is_null()
+        {
+            run.parameters =
+                serde_json::Value::String(format!("[parameters not recorded: the server refused them ({why})]"));
+            if let Ok(json) = serde_json::to_vec(&Event::FlowRun(run)) {
+                match self.post(std::iter::once(json.as_slice()), deadline).await {
+                    Ok(()) => {
+                        eprintln!(
+                            "weir: warning: the server refused a flow run's parameters ({why}); recorded the run without them"
+                        );
+                        return Ok(());
+                    }
+                    Err(e) if e.is_transient() => return Err(PostError::Transient(e.to_string())),
+                    Err(_) => {}
+                }
+            }
+        }
+        eprintln!(
+            "weir: warning: the server refused one event ({status}: {why}); dropped it and sent the others: {}",
+            String::from_utf8_lossy(&item.json[..item.json.len().min(300)])
+        );
+        Ok(())
+    }
+
+    async fn post<'a>(
+        &self,
+        events: impl Iterator<Item = &'a [u8]>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ClientError> {
+        let mut body = Vec::with_capacity(MAX_BATCH_BYTES / 4);
+        body.extend_from_slice(b"{\"events\":[");
+        for (i, e) in events.enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(e);
+        }
+        body.extend_from_slice(b"]}");
+        // A flush waiting on this request bounds it too.
+        let timeout = deadline
+            .map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(100))
+            })
+            .map_or(REQUEST_TIMEOUT, |left| left.min(REQUEST_TIMEOUT));
+        let result = self.client.post_events_json(body, timeout).await?;
+        for r in &result.rejected {
+            tracing::warn!(target: "weir::remote", "the server refused a state change: {}", r.message);
+        }
+        Ok(())
+    }
+}
+
+/// `events[12].record.message` → 12.
+fn event_index(field: &str) -> Option<usize> {
+    let rest = field.trim_start_matches('.').strip_prefix("events[")?;
+    rest[..rest.find(']')?].parse().ok()
+}
+
+/// Splits items into runs within the count and byte limits of one request.
+fn chunks(items: &[Item]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let size = item.json.len() + 1;
+        if i > start && (i - start >= MAX_BATCH || bytes + size > MAX_BATCH_BYTES) {
+            out.push((start, i));
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < items.len() {
+        out.push((start, items.len()));
+    }
+    out
+}
+
+/// Reads up to one batch of spooled events (one JSON event per line).
+fn read_chunk(reader: &mut BufReader<File>) -> std::io::Result<Vec<Item>> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while out.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        // A line cut short by a crash mid-write is not an event.
+        if line.is_empty() || serde_json::from_slice::<serde::de::IgnoredAny>(&line).is_err() {
+            continue;
+        }
+        bytes += line.len() + 1;
+        out.push(Item { root: None, json: line });
+    }
+    Ok(out)
+}
+
+fn encode(event: Event) -> Result<Vec<u8>, serde_json::Error> {
+    let json = serde_json::to_vec(&event)?;
+    if json.len() <= MAX_EVENT_BYTES {
+        return Ok(json);
+    }
+    serde_json::to_vec(&shrink(event, json.len()))
+}
+
+/// This process's spool file: created when first needed, locked while the process lives.
+struct Spool {
+    dir: PathBuf,
+    path: PathBuf,
+    file: Option<File>,
+    bytes: u64,
+    events: usize,
+}
+
+impl Spool {
+    fn new(dir: PathBuf) -> Spool {
+        let me = std::process::id();
+        let start = weir_state::process_start_time(me).unwrap_or(0);
+        let path = dir.join(format!("{me}-{start}-{:08x}.jsonl", fastrand::u32(..)));
+        Spool {
+            dir,
+            path,
+            file: None,
+            bytes: 0,
+            events: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    fn append(&mut self, items: &[Item]) -> Result<(), String> {
+        let size: u64 = items.iter().map(|i| i.json.len() as u64 + 1).sum();
+        if self.bytes + size > SPOOL_MAX {
+            return Err(format!(
+                "the server is unreachable and the spool {} is full ({} MiB)",
+                self.path.display(),
+                SPOOL_MAX >> 20
+            ));
+        }
+        let err = |e: std::io::Error| {
+            format!(
+                "the server is unreachable and the spool {} failed: {e}",
+                self.path.display()
+            )
+        };
+        if self.file.is_none() {
+            std::fs::create_dir_all(&self.dir).map_err(err)?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(err)?;
+            // Held for the life of this process: others deliver the file only once it is free.
+            file.try_lock().map_err(|e| err(std::io::Error::other(e.to_string())))?;
+            self.file = Some(file);
+        }
+        let Some(file) = &mut self.file else { return Ok(()) };
+        let mut out = Vec::with_capacity(size as usize);
+        for item in items {
+            out.extend_from_slice(&item.json);
+            out.push(b'\n');
+        }
+        file.write_all(&out).map_err(err)?;
+        self.bytes += size;
+        self.events += items.len();
+        Ok(())
+    }
+
+    fn reader(&self) -> std::io::Result<Option<BufReader<File>>> {
+        if self.events == 0 {
+            return Ok(None);
+        }
+        Ok(Some(BufReader::new(File::open(&self.path)?)))
+    }
+
+    fn clear(&mut self) {
+        if let Some(file) = &mut self.file {
+            let _ = file.set_len(0).and_then(|_| file.rewind());
+        }
+        self.bytes = 0;
+        self.events = 0;
+    }
+}
+
+/// Another process's spool, claimed by taking its lock (free only once that process ended).
+struct Foreign {
+    path: PathBuf,
+    reader: BufReader<File>,
+}
+
+impl Foreign {
+    fn claim_next(dir: &Path, own: &Path) -> Option<Foreign> {
+        let entries = std::fs::read_dir(dir).ok()?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path == own || path.extension().is_none_or(|e| e != "jsonl") {
+                continue;
+            }
+            let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(&path) else {
+                continue;
+            };
+            if file.try_lock().is_err() {
+                continue;
+            }
+            return Some(Foreign {
+                path,
+                reader: BufReader::new(file),
+            });
+        }
+        None
+    }
+
+    /// Delivered: emptied first, so a process that opened it meanwhile finds nothing to resend.
+    fn finish(self) {
+        let _ = self.reader.get_ref().set_len(0);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+// ---------- what the server would refuse, made acceptable ----------
+
+/// The server's limits on text fields, in bytes (`weir-server`'s `validate`).
+mod limit {
+    pub const NAME: usize = 256;
+    pub const PATH: usize = 1024;
+    pub const TEXT: usize = 65536;
+    pub const TAG: usize = 128;
+    pub const LEVEL: usize = 16;
+    /// A history entry's message (the server takes more; a long history adds up).
+    pub const HISTORY_MESSAGE: usize = 4096;
+    /// History entries kept at each end of a very long history.
+    pub const HISTORY_ENDS: usize = 100;
+    /// Nesting of parameters: the server's JSON parser stops at 128 levels, the event
+    /// around them takes a few.
+    pub const PARAMETER_DEPTH: usize = 100;
+}
+
+/// How deeply a JSON value nests (without recursing: the value may be very deep).
+fn depth(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1)];
+    while let Some((v, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match v {
+            serde_json::Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            serde_json::Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Cleans text the server would refuse: NULs become `␀`, text over `max` bytes is cut at a
+/// character boundary and says how much was cut.
+fn clean(text: &mut String, max: usize) {
+    if text.contains('\0') {
+        *text = text.replace('\0', "␀");
+    }
+    if text.len() <= max {
+        return;
+    }
+    let note_room = 64;
+    let mut cut = max.saturating_sub(note_room);
+    while cut > 0 && !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let dropped = text.len() - cut;
+    text.truncate(cut);
+    text.push_str(&format!("…[truncated by weir: {dropped} more bytes]"));
+}
+
+fn clean_opt(text: &mut Option<String>, max: usize) {
+    if let Some(t) = text {
+        clean(t, max);
+    }
+}
+
+fn sanitize(mut event: Event) -> Event {
+    use limit::*;
+    match &mut event {
+        Event::FlowRun(r) => {
+            clean(&mut r.flow_name, NAME);
+            clean(&mut r.flow_path, PATH);
+            clean(&mut r.hostname, NAME);
+            clean_opt(&mut r.error, TEXT);
+            r.tags.iter_mut().for_each(|t| clean(t, TAG));
+            let levels = depth(&r.parameters);
+            if levels > PARAMETER_DEPTH {
+                r.parameters = serde_json::Value::String(format!(
+                    "[parameters not recorded by weir: nested {levels} levels deep, over the server's limit]"
+                ));
+            }
+        }
+        Event::TaskRun(r) => {
+            clean(&mut r.task_name, NAME);
+            clean(&mut r.task_path, PATH);
+            clean_opt(&mut r.error, TEXT);
+            clean_opt(&mut r.cache_key, PATH);
+            for h in &mut r.history {
+                clean_opt(&mut h.message, HISTORY_MESSAGE);
+            }
+            if r.history.len() > 2 * HISTORY_ENDS {
+                let omitted = r.history.len() - 2 * HISTORY_ENDS;
+                r.history.drain(HISTORY_ENDS..HISTORY_ENDS + omitted);
+                let note = format!("[weir: {omitted} earlier states not recorded]");
+                let entry = &mut r.history[HISTORY_ENDS];
+                entry.message = Some(match entry.message.take() {
+                    Some(m) => format!("{note} {m}"),
+                    None => note,
+                });
+            }
+        }
+        Event::State(s) => clean_opt(&mut s.message, TEXT),
+        Event::Log(l) => {
+            clean(&mut l.message, TEXT);
+            clean(&mut l.level, LEVEL);
+            clean(&mut l.target, NAME);
+        }
+    }
+    event
+}
+
+/// An event still over [`MAX_EVENT_BYTES`] after cleaning: its bulk (a flow run's
+/// parameters) is replaced by a note.
+fn shrink(mut event: Event, size: usize) -> Event {
+    if let Event::FlowRun(r) = &mut event {
+        r.parameters = serde_json::Value::String(format!(
+            "[parameters not recorded by weir: the run's record is {size} bytes, over the {} MiB limit of one event]",
+            MAX_EVENT_BYTES >> 20
+        ));
+    }
+    event
 }

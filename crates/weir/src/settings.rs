@@ -48,6 +48,8 @@ pub struct Settings {
     pub api_key: Option<String>,
     /// fsync results before publishing them (`WEIR_CACHE_FSYNC=0` turns it off).
     pub fsync: bool,
+    /// Where events for an unreachable server wait (`$WEIR_HOME/spool`).
+    pub spool_dir: PathBuf,
 }
 
 impl Settings {
@@ -71,6 +73,7 @@ impl Settings {
             .unwrap_or(Duration::from_secs(30));
         Settings {
             artifacts_dir: paths.home.join("artifacts"),
+            spool_dir: paths.home.join("spool"),
             results: results.location,
             local_cache: results.local_cache,
             compression: std::env::var("WEIR_COMPRESSION").map(|v| v == "zstd").unwrap_or(false),

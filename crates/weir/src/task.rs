@@ -463,7 +463,8 @@ impl TaskRun {
             at: now,
             message,
         });
-        self.engine.record(weir_state::Event::TaskRun(self.rec.clone()));
+        let root = self.flow.as_ref().map(|f| f.root);
+        self.engine.record(root, weir_state::Event::TaskRun(self.rec.clone()));
     }
 
     fn elapsed(&self) -> String {
@@ -707,6 +708,20 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 true,
             ),
         };
+        // A blocking attempt past its timeout cannot be stopped: retry only once it ended
+        // (waiting at most another `timeout`), never alongside it.
+        if retryable
+            && n <= spec.retries
+            && state == State::TimedOut
+            && spec.blocking
+            && let Some(old) = crate::blocking::still_running(run.rec.id)
+            && !old.wait(spec.timeout.unwrap_or_default()).await
+        {
+            let err = err.context(format!(
+                "not retried: attempt {n} is still running after twice its timeout (a blocking task cannot be interrupted)"
+            ));
+            return Err(fail(&mut run, state, err));
+        }
         if retryable && n <= spec.retries {
             let delay = spec.jittered(n);
             let text = format!("{err:#}");

@@ -203,6 +203,61 @@ async fn probe(n: u64) -> anyhow::Result<u64> {
     Ok(expensive(n).await?)
 }
 
+/// Log lines the server would refuse as they are: too long, a NUL, and together more than
+/// one request may carry.
+#[weir::task]
+async fn noisy(lines: usize) -> anyhow::Result<usize> {
+    tracing::warn!("{}", "L".repeat(100 << 10));
+    tracing::warn!("before\0after");
+    for i in 0..lines {
+        tracing::warn!("line {i} {}", "y".repeat(60 << 10));
+    }
+    Ok(lines)
+}
+
+// A 300-byte flow name: over the server's 256.
+#[weir::flow(
+    name = "hostile-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+)]
+async fn hostile(lines: usize) -> anyhow::Result<usize> {
+    Ok(noisy(lines).await?)
+}
+
+/// Parameters nested deeper than the server's JSON parser accepts.
+#[weir::flow]
+async fn deep(tree: serde_json::Value, n: u64) -> anyhow::Result<u64> {
+    let _ = tree;
+    Ok(expensive(n).await?)
+}
+
+#[weir::task]
+async fn trivial(x: u64) -> anyhow::Result<u64> {
+    Ok(x)
+}
+
+/// Many trivial task runs one after another: records come faster than a server takes them.
+#[weir::flow]
+async fn flood(n: u64) -> anyhow::Result<u64> {
+    let mut sum = 0u64;
+    for i in 0..n {
+        sum = sum.wrapping_add(trivial(i).await?);
+    }
+    Ok(sum)
+}
+
+/// Never ends by itself: only the process's exit stops it.
+#[weir::task(timeout = "100ms")]
+fn endless() -> anyhow::Result<()> {
+    eprintln!("endless started");
+    std::thread::sleep(std::time::Duration::from_secs(3600));
+    Ok(())
+}
+
+#[weir::flow]
+async fn abandon() -> anyhow::Result<()> {
+    Ok(endless().await?)
+}
+
 #[weir::flow]
 async fn probe_big(bytes: usize) -> anyhow::Result<usize> {
     Ok(big(bytes).await?.len())
@@ -319,8 +374,42 @@ async fn main() -> anyhow::Result<()> {
             let len = probe_big(bytes.parse()?).await?;
             println!("{len}");
         }
+        ["hostile", lines] => {
+            println!("{}", hostile(lines.parse()?).await?);
+        }
+        ["deep", depth, n] => {
+            let mut tree = serde_json::json!("leaf");
+            for _ in 0..depth.parse::<usize>()? {
+                tree = serde_json::Value::Array(vec![tree]);
+            }
+            println!("{}", deep(tree, n.parse()?).await?);
+        }
+        ["flood", n] => {
+            println!("{}", flood(n.parse()?).await?);
+        }
+        ["abandon"] => {
+            let e = abandon().await.expect_err("the task times out");
+            println!(
+                "{}",
+                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+            );
+        }
+        ["no-runtime"] => {
+            // A flow awaited on a thread with no tokio runtime (a common first mistake).
+            let outcome = std::thread::spawn(|| futures::executor::block_on(probe(1))).join();
+            match outcome {
+                Ok(Ok(_)) => println!("ran"),
+                Ok(Err(e)) => {
+                    let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+                    println!("error: {e}: {why}");
+                }
+                Err(_) => println!("panicked"),
+            }
+        }
         ["race", store, salt, writer, rounds] => race(store, salt, writer.parse()?, rounds.parse()?).await?,
-        _ => bail!("usage: cache_probe key forward|reverse | run N | big BYTES | race STORE SALT W ROUNDS | parts N"),
+        _ => bail!(
+            "usage: cache_probe key forward|reverse | run N | big BYTES | race STORE SALT W ROUNDS | parts N | hostile LINES | deep DEPTH N | flood N | abandon | no-runtime"
+        ),
     }
     Ok(())
 }
