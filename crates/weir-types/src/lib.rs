@@ -4,6 +4,7 @@
 //! database, the CLI and (later) the server all speak in these types.
 
 pub mod config;
+pub mod deployment;
 pub mod duration;
 pub mod ids;
 pub mod profile;
