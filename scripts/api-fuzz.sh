@@ -18,7 +18,7 @@ if ! "$ST" --version 2>/dev/null | grep -q 'version 4\.'; then
 fi
 
 cargo build -q -p weir-cli
-WEIR=${CARGO_TARGET_DIR:-target}/debug/weir
+WEIR=$(realpath "${CARGO_TARGET_DIR:-target}/debug/weir")
 
 work=$(mktemp -d)
 server_pid=""
@@ -53,14 +53,15 @@ TOML
 seed_args=()
 [ -n "${WEIR_FUZZ_SEED:-}" ] && seed_args=(--seed "$WEIR_FUZZ_SEED")
 status=0
-timeout "${WEIR_FUZZ_TIMEOUT:-600}" "$ST" --config-file "$work/schemathesis.toml" run "$addr/api/v1/openapi.json" \
+# From the temp dir: schemathesis keeps a cache folder where it runs.
+(cd "$work" && timeout "${WEIR_FUZZ_TIMEOUT:-600}" "$ST" --config-file "$work/schemathesis.toml" run "$addr/api/v1/openapi.json" \
     --checks all \
     -H "Authorization: Bearer $key" \
     --max-examples "${WEIR_FUZZ_EXAMPLES:-40}" \
     --request-timeout 70 \
     --generation-database none \
     --no-color \
-    "${seed_args[@]}" || status=$?
+    "${seed_args[@]}") || status=$?
 if [ "$status" != 0 ]; then
     echo "scripts/api-fuzz.sh: schemathesis found problems (exit $status); the server's log:" >&2
     tail -n 50 "$work/server.log" >&2
