@@ -5,7 +5,7 @@
 # enforced). Any finding fails the run. Called by scripts/test.sh; runs alone too.
 #
 # A real `weir server start` on loopback, SQLite in a temp dir, with an API key. Bounded:
-# WEIR_FUZZ_EXAMPLES cases per operation and phase (default 40), the whole run at most
+# WEIR_FUZZ_EXAMPLES cases per operation and phase (default 20), the whole run at most
 # WEIR_FUZZ_TIMEOUT seconds (default 600). WEIR_FUZZ_SEED replays a run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +57,7 @@ status=0
 (cd "$work" && timeout "${WEIR_FUZZ_TIMEOUT:-600}" "$ST" --config-file "$work/schemathesis.toml" run "$addr/api/v1/openapi.json" \
     --checks all \
     -H "Authorization: Bearer $key" \
-    --max-examples "${WEIR_FUZZ_EXAMPLES:-40}" \
+    --max-examples "${WEIR_FUZZ_EXAMPLES:-20}" \
     --request-timeout 70 \
     --generation-database none \
     --no-color \
