@@ -26,6 +26,7 @@ pub use format::Format;
 pub use key::{CacheKey, InputDigest, KeyParts};
 pub use location::{OpenOptions, open};
 pub use store::{
-    Compression, EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord, Lookup, PutMode,
-    PutOutcome, Renewal, ResultStore, Store, StoreError, StoreStats, StoredFiles, named_lease_key, validate_name,
+    BLOB_REFRESH_AGE_MICROS, Compression, EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord,
+    Lookup, MIN_REUPLOAD_GRACE_MICROS, PutMode, PutOutcome, Renewal, ResultStore, Store, StoreError, StoreStats,
+    StoredFiles, named_lease_key, validate_name,
 };
