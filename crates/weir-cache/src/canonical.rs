@@ -62,13 +62,16 @@ pub fn recording_files<R>(encode: impl FnOnce() -> R) -> (R, Vec<KeyedFile>) {
     (out, files)
 }
 
-/// The first of `files` that no longer holds the contents it was keyed by (changed, or
-/// gone), if any. Cheap for files unchanged since they were hashed (one `stat` each, see
-/// [`crate::filehash`]); a file changed within the last moments is read again.
+/// The first of `files` that now holds other contents than it was keyed by, if any. Cheap
+/// for files unchanged since they were hashed (one `stat` each, see [`crate::filehash`]); a
+/// file changed within the last moments is read again. A file that is gone is not taken as
+/// changed: a temporary artifact goes with its last clone, which the task that read it
+/// drops.
 pub fn files_unchanged(files: &[KeyedFile]) -> Result<(), std::path::PathBuf> {
     for (path, hash) in files {
         match crate::filehash::digest_file(path) {
             Ok(now) if now == *hash => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             _ => return Err(path.clone()),
         }
     }

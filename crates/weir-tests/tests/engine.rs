@@ -1176,6 +1176,24 @@ async fn artifact_create_files_are_gone_once_stored_and_dropped() {
     assert_eq!(count(&format!("temp-{tag}")), 1);
 }
 
+/// Hands a temporary artifact (gone with its last clone, which the next task's body drops)
+/// to a cached task.
+#[weir::flow]
+async fn temp_then_lines_flow(tag: u64) -> anyhow::Result<u64> {
+    let file = temp_result(tag).await?;
+    Ok(line_count(file, tag).await?)
+}
+
+#[tokio::test]
+async fn a_task_given_a_temporary_artifact_is_cached() {
+    env();
+    let tag = unique();
+    assert_eq!(temp_then_lines_flow(tag).await.unwrap(), 1);
+    let (again, report) = temp_then_lines_flow(tag).with_report().await;
+    assert_eq!((again.unwrap(), report.cached), (1, 2), "both tasks were hits");
+    assert_eq!(count(&format!("lines-{tag}")), 1);
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Summary {
     rows: u64,
