@@ -10,6 +10,10 @@
 //!   store; [`location`] opens any of them from a URL.
 //! - [`format`]: how results become bytes (JSON or MessagePack).
 
+// The store reads files other processes (and people) may truncate or rewrite: no mapped
+// memory, no `unsafe` at all (issue 7, item 9), enforced by the compiler.
+#![forbid(unsafe_code)]
+
 pub mod backend;
 pub mod canonical;
 pub mod filehash;
