@@ -59,7 +59,7 @@ async fn expensive(n: u64) -> anyhow::Result<u64> {
 /// shared by every key divisible by ten (reused, so refreshed, by later writers).
 #[weir::task(cache = "inputs")]
 async fn chunky(i: u64) -> anyhow::Result<String> {
-    let tag = if i % 10 == 0 {
+    let tag = if i.is_multiple_of(10) {
         "shared".to_string()
     } else {
         i.to_string()
