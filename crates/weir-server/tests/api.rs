@@ -71,6 +71,11 @@ async fn query_errors(base: &str) {
         (&format!("/flow_runs/{f}/logs?limit=x"), "limit"),
         ("/flows?limit=0", "limit"),
         ("/variables?cursor=a&extra=1", "extra"),
+        // Path parameters too: bytes that are not UTF-8 once decoded.
+        ("/flow_runs/%FF", "id"),
+        (&format!("/flow_runs/%C3%28/logs"), "id"),
+        ("/task_runs/%FF", "id"),
+        ("/variables/%FF", "name"),
     ] {
         let r = c.get(format!("{base}{url}")).send().await.unwrap();
         let status = r.status();
@@ -684,6 +689,44 @@ async fn orchestration(base: &str) {
     );
     let (s, _) = get(&c, format!("{base}/flow_runs/{ghost}")).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "nothing was made up for the unknown run");
+
+    // Log lines and states naming an unknown task run, or no run at all, are refused too;
+    // a task run's state contradicting its final state is a conflict.
+    let done = TaskRunId::new();
+    let mut completed_task = task(done, f, "Completed");
+    completed_task["ended_at"] = json!(6);
+    let ghost_task = TaskRunId::new();
+    let (_, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [
+            {"kind": "task_run", "record": completed_task},
+            {"kind": "log", "record": {"flow_run_id": f, "task_run_id": ghost_task, "at": 3, "level": "INFO", "target": "app", "message": "ghost task"}},
+            {"kind": "log", "record": {"flow_run_id": null, "task_run_id": ghost_task, "at": 3, "level": "INFO", "target": "app", "message": "ghost task"}},
+            {"kind": "log", "record": {"flow_run_id": null, "task_run_id": null, "at": 3, "level": "INFO", "target": "app", "message": "nobody's"}},
+            {"kind": "state", "record": {"flow_run_id": f, "task_run_id": done, "state": "Running", "at": 7, "message": null}},
+            {"kind": "log", "record": {"flow_run_id": f, "task_run_id": done, "at": 3, "level": "INFO", "target": "app", "message": "task line"}},
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        codes(&r),
+        vec![
+            (1, "not_found".into()),
+            (2, "not_found".into()),
+            (3, "not_found".into()),
+            (4, "conflict".into())
+        ],
+        "{r}"
+    );
+    let (_, logs) = get(&c, format!("{base}/flow_runs/{f}/logs")).await;
+    let lines: Vec<&str> = logs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, vec!["kept", "task line"], "{logs}");
     let (_, logs) = get(&c, format!("{base}/flow_runs/{f}/logs")).await;
     assert_eq!(logs["items"][0]["message"], "kept");
 
