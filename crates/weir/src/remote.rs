@@ -64,7 +64,9 @@ pub(crate) struct HttpTransport {
 }
 
 impl HttpTransport {
+    /// `spool_dir` holds one folder per server (see [`server_folder`]).
     pub fn start(client: Client, spool_dir: PathBuf) -> std::io::Result<HttpTransport> {
+        let spool_dir = spool_dir.join(server_folder(client.base_url()));
         let (tx, rx) = mpsc::channel(QUEUE);
         let pending = std::sync::Arc::new(watch::Sender::new(Vec::new()));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -567,6 +569,27 @@ fn encode(event: Event) -> Result<Vec<u8>, serde_json::Error> {
         return Ok(json);
     }
     serde_json::to_vec(&shrink(event, json.len()))
+}
+
+/// The spool folder of one server: its address (`127.0.0.1_4200_api_v1`), without scheme
+/// or user info. Spools are per server so that events spooled for one server are never
+/// delivered to another by a process reporting there.
+pub(crate) fn server_folder(base: &str) -> String {
+    let rest = base.split_once("://").map_or(base, |(_, r)| r);
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    rest.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// This process's spool file: created when first needed, locked while the process lives.
