@@ -73,7 +73,7 @@ async fn query_errors(base: &str) {
         ("/variables?cursor=a&extra=1", "extra"),
         // Path parameters too: bytes that are not UTF-8 once decoded.
         ("/flow_runs/%FF", "id"),
-        (&format!("/flow_runs/%C3%28/logs"), "id"),
+        ("/flow_runs/%C3%28/logs", "id"),
         ("/task_runs/%FF", "id"),
         ("/variables/%FF", "name"),
     ] {
