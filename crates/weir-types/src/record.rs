@@ -208,9 +208,9 @@ mod int {
             self.check(v.into())
         }
         fn visit_f64<E: Error>(self, v: f64) -> Result<i64, E> {
-            // Within ±2^63 an f64 with no fraction converts exactly; outside, it is out of
-            // range for every field here.
-            if v.fract() == 0.0 && v.abs() < 9.223_372_036_854_775_8e18 {
+            // Within ±2^63 (`i64::MAX as f64` is 2^63) an f64 with no fraction converts
+            // exactly; outside, it is out of range for every field here.
+            if v.fract() == 0.0 && v.abs() < i64::MAX as f64 {
                 self.check(v as i128)
             } else {
                 Err(E::custom(format!(
