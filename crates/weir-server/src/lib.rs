@@ -13,6 +13,7 @@ mod auth;
 pub mod db;
 pub mod error;
 pub mod json;
+pub mod secrets;
 
 use std::future::Future;
 use std::net::SocketAddr;
