@@ -181,6 +181,12 @@ impl SecretKey {
     }
 }
 
+/// The associated data binding a stored secret to its place: block type, name, version and
+/// field (NUL-separated; names cannot hold NUL).
+pub fn aad(block_type: &str, name: &str, version: i64, path: &str) -> Vec<u8> {
+    format!("weir-block\0{block_type}\0{name}\0{version}\0{path}").into_bytes()
+}
+
 /// Where the server's key comes from: `WEIR_SECRET_KEY` when set (empty is an error, never
 /// "no key"), else the key file in `data_dir` (created on first start).
 pub fn resolve_key(env_value: Option<String>, data_dir: &Path) -> Result<(SecretKey, KeySource), SecretError> {
