@@ -24,7 +24,7 @@ pub mod tier;
 
 pub use format::Format;
 pub use key::{CacheKey, InputDigest, KeyParts};
-pub use location::{OpenOptions, open};
+pub use location::{OpenOptions, open, open_with_credentials};
 pub use store::{
     Compression, EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord, Lookup, PutMode,
     PutOutcome, Renewal, ResultStore, Store, StoreError, StoreStats, StoredFiles, named_lease_key, validate_name,

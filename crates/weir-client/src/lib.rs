@@ -39,6 +39,9 @@ pub enum ClientError {
     },
     #[error("unexpected answer from {url}: {message}")]
     Decode { url: String, message: String },
+    /// A block cannot be used as asked (wrong type for the purpose, bad address).
+    #[error("{0}")]
+    Block(String),
 }
 
 impl ClientError {
@@ -146,6 +149,15 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
+        let body = self.send_raw(req, url).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            url: url.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Sends, and answers the body of a successful answer (an error answer as an error).
+    async fn send_raw(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, ClientError> {
         let req = match &self.key {
             Some(k) => req.bearer_auth(k),
             None => req,
@@ -176,10 +188,7 @@ impl Client {
                 detail,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
-            url: url.to_string(),
-            message: e.to_string(),
-        })
+        Ok(body.to_vec())
     }
 
     /// Records events (run snapshots, states, logs). Retrying a batch is safe.
@@ -299,6 +308,9 @@ impl Client {
         }
     }
 }
+
+mod blocks;
+pub use blocks::ResolvedStore;
 
 #[cfg(test)]
 mod tests {

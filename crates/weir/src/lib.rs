@@ -69,6 +69,7 @@
 //! From the environment (see [`Settings::from_env`]) or once with [`configure`].
 
 mod artifact;
+pub mod blocks;
 mod blocking;
 mod cache;
 mod console;
@@ -83,6 +84,7 @@ mod task;
 pub mod testing;
 
 pub use artifact::{Artifact, ArtifactWriter};
+pub use blocks::Block;
 pub use cache::{KeyError, KeyMaterial, OnDuplicate};
 pub use flow::{FlowCall, FlowError, FlowSpec, RunReport};
 pub use map::{DEFAULT_MAP_LIMIT, MapCall, MapExt, all};
