@@ -103,7 +103,9 @@ pub fn open_with_credentials(
                 b = b.endpoint(&endpoint);
             }
             if let Some(c) = credentials {
-                b = b.access_key_id(&c.access_key_id).secret_access_key(&c.secret_access_key);
+                b = b
+                    .access_key_id(&c.access_key_id)
+                    .secret_access_key(&c.secret_access_key);
             } else if let (Ok(id), Ok(secret)) = (
                 std::env::var("AWS_ACCESS_KEY_ID"),
                 std::env::var("AWS_SECRET_ACCESS_KEY"),

@@ -253,7 +253,12 @@ mod tests {
     #[test]
     fn fields_make_nested_documents() {
         let mut doc = Value::Object(Default::default());
-        for f in ["bucket=b", "credentials.secret_access_key=a=b", "port:=5432", "tags:=[\"x\"]"] {
+        for f in [
+            "bucket=b",
+            "credentials.secret_access_key=a=b",
+            "port:=5432",
+            "tags:=[\"x\"]",
+        ] {
             let (k, v) = parse_field(f).unwrap();
             set_field(&mut doc, &k, v).unwrap();
         }

@@ -209,7 +209,11 @@ pub fn run_config(cmd: ConfigCommand) -> anyhow::Result<()> {
     }
     // Where the server's block secret key comes from; never the key itself.
     rows.push(match std::env::var("WEIR_SECRET_KEY") {
-        Ok(_) => ("secret_key".into(), "********".into(), "environment (WEIR_SECRET_KEY)".into()),
+        Ok(_) => (
+            "secret_key".into(),
+            "********".into(),
+            "environment (WEIR_SECRET_KEY)".into(),
+        ),
         Err(_) => (
             "secret_key".into(),
             format!("key file {}", paths.home.join("secret.key").display()),

@@ -79,7 +79,10 @@ fn rotate(new_key_file: PathBuf) -> anyhow::Result<()> {
         let db = weir_server::Db::connect(&url).await?;
         anyhow::Ok(db.rotate_secret_key(&old, &new).await?)
     })?;
-    println!("re-encrypted {n} secret fields with the new key (fingerprint {})", new.fingerprint());
+    println!(
+        "re-encrypted {n} secret fields with the new key (fingerprint {})",
+        new.fingerprint()
+    );
     match source {
         KeySource::File(path) => {
             new.replace_file(&path)?;
@@ -110,7 +113,10 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
     let database_url = database_url(&paths)?;
     let (key, key_source) = secret_key(&paths)?;
     match &key_source {
-        KeySource::Env => tracing::info!("block secrets: key from WEIR_SECRET_KEY (fingerprint {})", key.fingerprint()),
+        KeySource::Env => tracing::info!(
+            "block secrets: key from WEIR_SECRET_KEY (fingerprint {})",
+            key.fingerprint()
+        ),
         KeySource::File(p) => tracing::info!(
             "block secrets: key file {} (fingerprint {})",
             p.display(),

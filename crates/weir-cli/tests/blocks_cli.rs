@@ -13,7 +13,13 @@ const SECRET2: &str = "pw-Hq2mX-do-not-log";
 fn start(home: &Path, log: &Path, env: &[(&str, &str)]) -> Result<(Child, String), String> {
     let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
     c.args(["server", "start", "--port", "0"]).env("WEIR_HOME", home);
-    for v in ["WEIR_API_URL", "WEIR_API_KEY", "WEIR_PROFILE", "WEIR_DATABASE_URL", "WEIR_SECRET_KEY"] {
+    for v in [
+        "WEIR_API_URL",
+        "WEIR_API_KEY",
+        "WEIR_PROFILE",
+        "WEIR_DATABASE_URL",
+        "WEIR_SECRET_KEY",
+    ] {
         c.env_remove(v);
     }
     // Everything the server logs, request starts included.
@@ -27,12 +33,18 @@ fn start(home: &Path, log: &Path, env: &[(&str, &str)]) -> Result<(Child, String
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     if !line.contains("listening") {
         child.wait().unwrap();
         return Err(std::fs::read_to_string(log).unwrap());
     }
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
     Ok((child, url))
 }
 
@@ -83,7 +95,10 @@ fn blocks_through_the_cli_keep_their_secrets() {
         let mode = std::fs::metadata(h.join("secret.key")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
-    let key_text = std::fs::read_to_string(h.join("secret.key")).unwrap().trim().to_string();
+    let key_text = std::fs::read_to_string(h.join("secret.key"))
+        .unwrap()
+        .trim()
+        .to_string();
 
     let saved = ok(&weir(
         h,
@@ -104,29 +119,72 @@ fn blocks_through_the_cli_keep_their_secrets() {
     assert!(saved.contains("saved s3-bucket/willowdata version 1"), "{saved}");
     let doc = h.join("pw.json");
     std::fs::write(&doc, format!("{{\"value\": \"{SECRET2}\"}}")).unwrap();
-    ok(&weir(h, &api, &[], &["block", "create", "secret/db-pw", "--from-file", doc.to_str().unwrap()]));
+    ok(&weir(
+        h,
+        &api,
+        &[],
+        &["block", "create", "secret/db-pw", "--from-file", doc.to_str().unwrap()],
+    ));
 
     let shown = ok(&weir(h, &api, &[], &["block", "show", "s3-bucket/willowdata"]));
-    assert!(shown.contains("\"secret_access_key\": \"********\"") && shown.contains("willow"), "{shown}");
+    assert!(
+        shown.contains("\"secret_access_key\": \"********\"") && shown.contains("willow"),
+        "{shown}"
+    );
     no_secret("show", &shown);
-    let revealed = ok(&weir(h, &api, &[], &["block", "show", "s3-bucket/willowdata", "--reveal"]));
+    let revealed = ok(&weir(
+        h,
+        &api,
+        &[],
+        &["block", "show", "s3-bucket/willowdata", "--reveal"],
+    ));
     assert!(revealed.contains(SECRET), "{revealed}");
     let ls = ok(&weir(h, &api, &[], &["block", "ls"]));
     assert!(ls.contains("willowdata") && ls.contains("db-pw"), "{ls}");
     no_secret("ls", &ls);
     let ls_json = ok(&weir(h, &api, &[], &["block", "ls", "secret", "--json"]));
-    assert!(ls_json.contains("db-pw") && !ls_json.contains("willowdata"), "{ls_json}");
+    assert!(
+        ls_json.contains("db-pw") && !ls_json.contains("willowdata"),
+        "{ls_json}"
+    );
     no_secret("ls --json", &ls_json);
     let types = ok(&weir(h, &api, &[], &["block", "types"]));
     assert!(types.contains("/credentials/secret_access_key"), "{types}");
 
     // A second version; --version reads the first.
-    ok(&weir(h, &api, &[], &["block", "create", "s3-bucket/willowdata", "--field", "bucket=willow2", "--field",
-        "credentials.access_key_id=********", "--field", "credentials.secret_access_key=********"]));
-    let v1 = ok(&weir(h, &api, &[], &["block", "show", "s3-bucket/willowdata", "--version", "1"]));
+    ok(&weir(
+        h,
+        &api,
+        &[],
+        &[
+            "block",
+            "create",
+            "s3-bucket/willowdata",
+            "--field",
+            "bucket=willow2",
+            "--field",
+            "credentials.access_key_id=********",
+            "--field",
+            "credentials.secret_access_key=********",
+        ],
+    ));
+    let v1 = ok(&weir(
+        h,
+        &api,
+        &[],
+        &["block", "show", "s3-bucket/willowdata", "--version", "1"],
+    ));
     assert!(v1.contains("\"willow\""), "{v1}");
-    let kept = ok(&weir(h, &api, &[], &["block", "show", "s3-bucket/willowdata", "--reveal", "--json"]));
-    assert!(kept.contains("willow2") && kept.contains(SECRET) && kept.contains("\"version\": 2"), "{kept}");
+    let kept = ok(&weir(
+        h,
+        &api,
+        &[],
+        &["block", "show", "s3-bucket/willowdata", "--reveal", "--json"],
+    ));
+    assert!(
+        kept.contains("willow2") && kept.contains(SECRET) && kept.contains("\"version\": 2"),
+        "{kept}"
+    );
     let versions = ok(&weir(h, &api, &[], &["block", "versions", "s3-bucket/willowdata"]));
     assert!(versions.contains(" 2 ") && versions.contains(" 1 "), "{versions}");
 
@@ -138,13 +196,50 @@ fn blocks_through_the_cli_keep_their_secrets() {
             "password": {"type": "string", "format": "password"}}, "required": ["host"]}"#,
     )
     .unwrap();
-    let reg = ok(&weir(h, &api, &[], &["block", "type", "register", "db-conn", "--schema", schema.to_str().unwrap()]));
+    let reg = ok(&weir(
+        h,
+        &api,
+        &[],
+        &[
+            "block",
+            "type",
+            "register",
+            "db-conn",
+            "--schema",
+            schema.to_str().unwrap(),
+        ],
+    ));
     assert!(reg.contains("/password"), "{reg}");
-    let e = failed(&weir(h, &api, &[], &["block", "create", "db-conn/w", "--field", "host=h", "--field", "port:=0",
-        "--field", &format!("password={SECRET2}")]));
+    let e = failed(&weir(
+        h,
+        &api,
+        &[],
+        &[
+            "block",
+            "create",
+            "db-conn/w",
+            "--field",
+            "host=h",
+            "--field",
+            "port:=0",
+            "--field",
+            &format!("password={SECRET2}"),
+        ],
+    ));
     assert!(e.contains("data.port") && e.contains("422"), "{e}");
     no_secret("a refused create", &e);
-    let e = failed(&weir(h, &api, &[], &["block", "create", "db-conn/w", "--field", &format!("password:={SECRET2}")]));
+    let e = failed(&weir(
+        h,
+        &api,
+        &[],
+        &[
+            "block",
+            "create",
+            "db-conn/w",
+            "--field",
+            &format!("password:={SECRET2}"),
+        ],
+    ));
     no_secret("a malformed --field", &e);
     let e = failed(&weir(h, &api, &[], &["block", "create", "nosuch/x", "--field", "a=b"]));
     assert!(e.contains("404") && e.contains("nosuch"), "{e}");
@@ -167,14 +262,20 @@ fn blocks_through_the_cli_keep_their_secrets() {
 
     // Nothing secret in the server's log (at debug level) or in its database files.
     let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(logged.contains("/blocks/s3-bucket/willowdata"), "requests were logged: {logged}");
+    assert!(
+        logged.contains("/blocks/s3-bucket/willowdata"),
+        "requests were logged: {logged}"
+    );
     no_secret("the server's log", &logged);
     for f in std::fs::read_dir(h).unwrap().flatten() {
         let name = f.file_name().to_string_lossy().into_owned();
         if name.starts_with("server.db") {
             let bytes = std::fs::read(f.path()).unwrap();
             for s in [SECRET, SECRET2] {
-                assert!(!bytes.windows(s.len()).any(|w| w == s.as_bytes()), "{s} in clear in {name}");
+                assert!(
+                    !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                    "{s} in clear in {name}"
+                );
             }
         }
     }
@@ -183,7 +284,17 @@ fn blocks_through_the_cli_keep_their_secrets() {
     let new_key = h.join("new.key");
     let new_text = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
     std::fs::write(&new_key, new_text).unwrap();
-    let rotated = ok(&weir(h, &api, &[], &["server", "rotate-secret-key", "--new-key-file", new_key.to_str().unwrap()]));
+    let rotated = ok(&weir(
+        h,
+        &api,
+        &[],
+        &[
+            "server",
+            "rotate-secret-key",
+            "--new-key-file",
+            new_key.to_str().unwrap(),
+        ],
+    ));
     assert!(rotated.contains("re-encrypted 5 secret fields"), "{rotated}");
     assert_eq!(std::fs::read_to_string(h.join("secret.key")).unwrap().trim(), new_text);
     #[cfg(unix)]
@@ -192,11 +303,24 @@ fn blocks_through_the_cli_keep_their_secrets() {
         let mode = std::fs::metadata(h.join("secret.key")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
-    let e = failed(&weir(h, &api, &[], &["server", "rotate-secret-key", "--new-key-file", new_key.to_str().unwrap()]));
+    let e = failed(&weir(
+        h,
+        &api,
+        &[],
+        &[
+            "server",
+            "rotate-secret-key",
+            "--new-key-file",
+            new_key.to_str().unwrap(),
+        ],
+    ));
     assert!(e.contains("nothing to rotate"), "{e}");
 
     let refused = start(h, &h.join("old.log"), &[("WEIR_SECRET_KEY", &key_text)]).unwrap_err();
-    assert!(refused.contains("not the one the stored block secrets are encrypted with"), "{refused}");
+    assert!(
+        refused.contains("not the one the stored block secrets are encrypted with"),
+        "{refused}"
+    );
     no_secret("a refused start", &refused);
     let empty = start(h, &h.join("empty.log"), &[("WEIR_SECRET_KEY", "")]).unwrap_err();
     assert!(empty.contains("WEIR_SECRET_KEY is empty"), "{empty}");

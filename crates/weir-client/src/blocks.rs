@@ -39,18 +39,15 @@ impl Client {
     pub async fn load_block<T: BlockKind>(&self, name: &str) -> Result<T, ClientError> {
         let addr: BlockAddress = format!("{}/{name}", T::TYPE).parse().map_err(ClientError::Block)?;
         let b = self.block(&addr, None, true).await?;
-        serde_json::from_value(b.data).map_err(|e| {
-            ClientError::Block(format!(
-                "block {addr} does not fit {}: {e}",
-                std::any::type_name::<T>()
-            ))
-        })
+        serde_json::from_value(b.data)
+            .map_err(|e| ClientError::Block(format!("block {addr} does not fit {}: {e}", std::any::type_name::<T>())))
     }
 
     /// Saves `data` as the next version of a block.
     pub async fn put_block(&self, addr: &BlockAddress, data: Value) -> Result<Block, ClientError> {
         let url = self.block_url(addr);
-        self.send(self.http.put(&url).json(&json!({ "data": data })), &url).await
+        self.send(self.http.put(&url).json(&json!({ "data": data })), &url)
+            .await
     }
 
     /// Deletes a block and all its versions.

@@ -231,7 +231,9 @@ mod tests {
             SecretKey::from_base64("  ", "WEIR_SECRET_KEY"),
             Err(SecretError::Empty { .. })
         ));
-        let e = SecretKey::from_base64("c2hvcnQ=", "WEIR_SECRET_KEY").unwrap_err().to_string();
+        let e = SecretKey::from_base64("c2hvcnQ=", "WEIR_SECRET_KEY")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("WEIR_SECRET_KEY") && !e.contains("c2hvcnQ="), "{e}");
         let k = SecretKey::random();
         let back = SecretKey::from_base64(&k.to_base64(), "x").unwrap();

@@ -23,7 +23,9 @@ async fn start(db: weir_server::Db, api_key: Option<&str>, key: SecretKey, conne
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     if connect_info {
-        tokio::spawn(async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await });
+        tokio::spawn(
+            async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await },
+        );
     } else {
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
@@ -62,7 +64,12 @@ async fn suite(url: &str) {
     // Built-in types, their secret fields.
     let (s, types) = get(&c, format!("{base}/block_types")).await;
     assert_eq!(s, StatusCode::OK);
-    let names: Vec<&str> = types["items"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = types["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["json", "local-file-system", "s3-bucket", "secret"]);
     let (_, s3) = get(&c, format!("{base}/block_types/s3-bucket")).await;
     assert_eq!(
@@ -71,12 +78,20 @@ async fn suite(url: &str) {
     );
 
     // Save, read masked, reveal from this machine.
-    let (s, saved) = put(&c, format!("{base}/blocks/s3-bucket/willowdata"), bucket_doc("raw", SECRET)).await;
+    let (s, saved) = put(
+        &c,
+        format!("{base}/blocks/s3-bucket/willowdata"),
+        bucket_doc("raw", SECRET),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{saved}");
     assert_eq!(saved["version"], 1);
     assert_eq!(saved["data"]["credentials"]["secret_access_key"], "********");
     let (_, masked) = get(&c, format!("{base}/blocks/s3-bucket/willowdata")).await;
-    assert_eq!(masked["data"]["credentials"], json!({"access_key_id": "********", "secret_access_key": "********"}));
+    assert_eq!(
+        masked["data"]["credentials"],
+        json!({"access_key_id": "********", "secret_access_key": "********"})
+    );
     assert_eq!(masked["data"]["bucket"], "willow");
     assert_eq!(masked["revealed"], false);
     assert!(!masked.to_string().contains(SECRET));
@@ -93,41 +108,84 @@ async fn suite(url: &str) {
     assert!(!rows.is_empty());
     for (data, secrets) in &rows {
         for plain in [SECRET, KEY_ID] {
-            assert!(!data.contains(plain) && !secrets.contains(plain), "{plain} stored in clear");
+            assert!(
+                !data.contains(plain) && !secrets.contains(plain),
+                "{plain} stored in clear"
+            );
         }
     }
 
     // A new version; secrets sent as the mask keep their values; old versions stay.
-    let (s, v2) = put(&c, format!("{base}/blocks/s3-bucket/willowdata"), bucket_doc("clean", "********")).await;
+    let (s, v2) = put(
+        &c,
+        format!("{base}/blocks/s3-bucket/willowdata"),
+        bucket_doc("clean", "********"),
+    )
+    .await;
     assert_eq!((s, v2["version"].as_i64()), (StatusCode::OK, Some(2)), "{v2}");
     let (_, r2) = get(&c, format!("{base}/blocks/s3-bucket/willowdata?reveal=true")).await;
     assert_eq!(
-        (r2["data"]["prefix"].as_str(), r2["data"]["credentials"]["secret_access_key"].as_str()),
+        (
+            r2["data"]["prefix"].as_str(),
+            r2["data"]["credentials"]["secret_access_key"].as_str()
+        ),
         (Some("clean"), Some(SECRET))
     );
     let (_, v1) = get(&c, format!("{base}/blocks/s3-bucket/willowdata?version=1")).await;
     assert_eq!(v1["data"]["prefix"], "raw");
     let (_, versions) = get(&c, format!("{base}/blocks/s3-bucket/willowdata/versions")).await;
-    let vs: Vec<i64> = versions["items"].as_array().unwrap().iter().map(|b| b["version"].as_i64().unwrap()).collect();
+    let vs: Vec<i64> = versions["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["version"].as_i64().unwrap())
+        .collect();
     assert_eq!(vs, [2, 1]);
     let (_, page) = get(&c, format!("{base}/blocks/s3-bucket/willowdata/versions?limit=1")).await;
     assert_eq!(page["next_cursor"], "2");
-    let (_, page) = get(&c, format!("{base}/blocks/s3-bucket/willowdata/versions?limit=1&cursor=2")).await;
-    assert_eq!((page["items"][0]["version"].as_i64(), page["next_cursor"].as_str()), (Some(1), None));
+    let (_, page) = get(
+        &c,
+        format!("{base}/blocks/s3-bucket/willowdata/versions?limit=1&cursor=2"),
+    )
+    .await;
+    assert_eq!(
+        (page["items"][0]["version"].as_i64(), page["next_cursor"].as_str()),
+        (Some(1), None)
+    );
 
     // Other built-in types; listing (latest versions only, masked) and its filter.
-    let (s, _) = put(&c, format!("{base}/blocks/json/settings"), json!({"data": [1, {"a": null}]})).await;
+    let (s, _) = put(
+        &c,
+        format!("{base}/blocks/json/settings"),
+        json!({"data": [1, {"a": null}]}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = put(&c, format!("{base}/blocks/secret/db-password"), json!({"data": {"value": SECRET}})).await;
+    let (s, _) = put(
+        &c,
+        format!("{base}/blocks/secret/db-password"),
+        json!({"data": {"value": SECRET}}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = put(&c, format!("{base}/blocks/local-file-system/scratch"), json!({"data": {"basepath": "/tmp/x"}})).await;
+    let (s, _) = put(
+        &c,
+        format!("{base}/blocks/local-file-system/scratch"),
+        json!({"data": {"basepath": "/tmp/x"}}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let (_, all) = get(&c, format!("{base}/blocks")).await;
     let listed: Vec<(String, i64)> = all["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| (format!("{}/{}", b["type"].as_str().unwrap(), b["name"].as_str().unwrap()), b["version"].as_i64().unwrap()))
+        .map(|b| {
+            (
+                format!("{}/{}", b["type"].as_str().unwrap(), b["name"].as_str().unwrap()),
+                b["version"].as_i64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         listed,
@@ -169,7 +227,10 @@ async fn suite(url: &str) {
         (json!({"data": {"prefix": "p"}}), "data.bucket"),
         (json!({"data": {"bucket": "b", "region": 5}}), "data.region"),
         (json!({"data": {"bucket": "b", "bukket": "c"}}), "data.bukket"),
-        (json!({"data": {"bucket": "b", "credentials": {"access_key_id": SECRET}}}), "data.credentials.secret_access_key"),
+        (
+            json!({"data": {"bucket": "b", "credentials": {"access_key_id": SECRET}}}),
+            "data.credentials.secret_access_key",
+        ),
         (wrong_secret, "data.credentials.secret_access_key"),
         (json!({"data": {"bucket": "b"}, "extra": 1}), "extra"),
     ] {
@@ -178,21 +239,43 @@ async fn suite(url: &str) {
         assert_eq!(e["error"]["field"], field, "{doc}: {e}");
         assert!(!e.to_string().contains(SECRET), "the secret was echoed: {e}");
     }
-    let (s, e) = put(&c, format!("{base}/blocks/secret/fresh"), json!({"data": {"value": "********"}})).await;
-    assert_eq!((s, e["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("data.value")), "{e}");
+    let (s, e) = put(
+        &c,
+        format!("{base}/blocks/secret/fresh"),
+        json!({"data": {"value": "********"}}),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("data.value")),
+        "{e}"
+    );
     let (s, _) = get(&c, format!("{base}/blocks/s3-bucket/bad")).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "nothing stored by refused saves");
     let (s, e) = get(&c, format!("{base}/blocks/s3-bucket/.hidden")).await;
-    assert_eq!((s, e["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("name")), "{e}");
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("name")),
+        "{e}"
+    );
     let (s, e) = get(&c, format!("{base}/blocks/s3-bucket/willowdata?reveal=maybe")).await;
-    assert_eq!((s, e["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("reveal")), "{e}");
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("reveal")),
+        "{e}"
+    );
 
     // User-defined types.
     let schema = json!({"type": "object", "properties": {
         "host": {"type": "string"}, "port": {"type": "integer", "minimum": 1},
         "password": {"type": "string", "format": "password"},
         "token": {"type": "string", "writeOnly": true}}, "required": ["host"]});
-    let (s, t) = put(&c, format!("{base}/block_types/db-conn"), json!({"schema": schema, "description": "a database"})).await;
+    let (s, t) = put(
+        &c,
+        format!("{base}/block_types/db-conn"),
+        json!({"schema": schema, "description": "a database"}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{t}");
     assert_eq!(t["secret_fields"], json!(["/password", "/token"]));
     let (s, b) = put(
@@ -202,22 +285,49 @@ async fn suite(url: &str) {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!((b["data"]["password"].as_str(), b["secret_fields"].clone()), (Some("********"), json!(["/password"])));
-    let (s, e) = put(&c, format!("{base}/blocks/db-conn/warehouse"), json!({"data": {"host": "db", "port": 0}})).await;
-    assert_eq!((s, e["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("data.port")), "{e}");
+    assert_eq!(
+        (b["data"]["password"].as_str(), b["secret_fields"].clone()),
+        (Some("********"), json!(["/password"]))
+    );
+    let (s, e) = put(
+        &c,
+        format!("{base}/blocks/db-conn/warehouse"),
+        json!({"data": {"host": "db", "port": 0}}),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("data.port")),
+        "{e}"
+    );
     let (_, types) = get(&c, format!("{base}/block_types")).await;
     assert_eq!(types["items"][4]["name"], "db-conn");
     for (name, body, status, field) in [
         ("s3-bucket", json!({"schema": {}}), StatusCode::CONFLICT, None),
-        ("broken", json!({"schema": {"type": 12}}), StatusCode::UNPROCESSABLE_ENTITY, Some("schema")),
-        ("broken", json!({"schema": "nope"}), StatusCode::UNPROCESSABLE_ENTITY, Some("schema")),
+        (
+            "broken",
+            json!({"schema": {"type": 12}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("schema"),
+        ),
+        (
+            "broken",
+            json!({"schema": "nope"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("schema"),
+        ),
         (
             "broken",
             json!({"schema": {"type": "array", "items": {"type": "string", "writeOnly": true}}}),
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("schema"),
         ),
-        ("bad name", json!({"schema": {}}), StatusCode::UNPROCESSABLE_ENTITY, Some("name")),
+        (
+            "bad name",
+            json!({"schema": {}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("name"),
+        ),
     ] {
         let (s, e) = put(&c, format!("{base}/block_types/{name}"), body.clone()).await;
         assert_eq!((s, e["error"]["field"].as_str()), (status, field), "{body}: {e}");
@@ -226,11 +336,21 @@ async fn suite(url: &str) {
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // Delete: every version goes.
-    let s = c.delete(format!("{base}/blocks/s3-bucket/willowdata")).send().await.unwrap().status();
+    let s = c
+        .delete(format!("{base}/blocks/s3-bucket/willowdata"))
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = get(&c, format!("{base}/blocks/s3-bucket/willowdata?version=1")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let s = c.delete(format!("{base}/blocks/s3-bucket/willowdata")).send().await.unwrap().status();
+    let s = c
+        .delete(format!("{base}/blocks/s3-bucket/willowdata"))
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // Every route is in the OpenAPI document, and no example there holds a secret.
@@ -244,7 +364,14 @@ async fn suite(url: &str) {
     ] {
         assert!(doc["paths"].get(p).is_some(), "{p} missing from the OpenAPI document");
     }
-    for schema in ["Block", "BlockType", "BlockWrite", "BlockPage", "BlockVersionPage", "BlockTypeWrite"] {
+    for schema in [
+        "Block",
+        "BlockType",
+        "BlockWrite",
+        "BlockPage",
+        "BlockVersionPage",
+        "BlockTypeWrite",
+    ] {
         assert!(doc["components"]["schemas"].get(schema).is_some(), "{schema} missing");
     }
     let (_, doc_text) = (0, doc.to_string());
@@ -276,9 +403,18 @@ async fn concurrent_saves(base: &str) {
     versions.sort();
     assert_eq!(versions, (1..=N as i64).collect::<Vec<_>>());
     let (_, kept) = get(&c, format!("{base}/blocks/json/race/versions")).await;
-    let mut writers: Vec<u64> = kept["items"].as_array().unwrap().iter().map(|b| b["data"]["writer"].as_u64().unwrap()).collect();
+    let mut writers: Vec<u64> = kept["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["data"]["writer"].as_u64().unwrap())
+        .collect();
     writers.sort();
-    assert_eq!(writers, (0..N as u64).collect::<Vec<_>>(), "each writer's document is one version");
+    assert_eq!(
+        writers,
+        (0..N as u64).collect::<Vec<_>>(),
+        "each writer's document is one version"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -304,16 +440,32 @@ async fn reveal_needs_a_key_or_this_machine() {
     let key = SecretKey::random();
     let c = reqwest::Client::new();
     let unknown_peer = start(db.clone(), None, key.clone(), false).await;
-    let (s, _) = put(&c, format!("{unknown_peer}/blocks/secret/s"), json!({"data": {"value": SECRET}})).await;
+    let (s, _) = put(
+        &c,
+        format!("{unknown_peer}/blocks/secret/s"),
+        json!({"data": {"value": SECRET}}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let (s, e) = get(&c, format!("{unknown_peer}/blocks/secret/s?reveal=true")).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{e}");
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden")),
+        "{e}"
+    );
     assert!(!e.to_string().contains(SECRET));
     let (s, masked) = get(&c, format!("{unknown_peer}/blocks/secret/s")).await;
-    assert_eq!((s, masked["data"]["value"].as_str()), (StatusCode::OK, Some("********")));
+    assert_eq!(
+        (s, masked["data"]["value"].as_str()),
+        (StatusCode::OK, Some("********"))
+    );
 
     let with_key = start(db.clone(), Some("k3y"), key, false).await;
-    let r = c.get(format!("{with_key}/blocks/secret/s?reveal=true")).send().await.unwrap();
+    let r = c
+        .get(format!("{with_key}/blocks/secret/s?reveal=true"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r: Value = c
         .get(format!("{with_key}/blocks/secret/s?reveal=true"))
@@ -336,7 +488,12 @@ async fn keys_and_rotation(url: &str) {
     let old_server = start(db.clone(), None, a.clone(), true).await;
     let c = reqwest::Client::new();
     for v in ["one", "two"] {
-        let (s, _) = put(&c, format!("{old_server}/blocks/secret/s"), json!({"data": {"value": format!("{SECRET}-{v}")}})).await;
+        let (s, _) = put(
+            &c,
+            format!("{old_server}/blocks/secret/s"),
+            json!({"data": {"value": format!("{SECRET}-{v}")}}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
     }
     let (s, _) = put(&c, format!("{old_server}/blocks/s3-bucket/x"), bucket_doc("p", SECRET)).await;
@@ -379,14 +536,23 @@ async fn keys_and_rotation(url: &str) {
     let new_server = start_with(b.clone()).await.unwrap();
     for (v, want) in [(1, "one"), (2, "two")] {
         let (s, r) = get(&c, format!("{new_server}/blocks/secret/s?version={v}&reveal=true")).await;
-        assert_eq!((s, r["data"]["value"].as_str()), (StatusCode::OK, Some(format!("{SECRET}-{want}").as_str())), "{r}");
+        assert_eq!(
+            (s, r["data"]["value"].as_str()),
+            (StatusCode::OK, Some(format!("{SECRET}-{want}").as_str())),
+            "{r}"
+        );
     }
     let (_, r) = get(&c, format!("{new_server}/blocks/s3-bucket/x?reveal=true")).await;
     assert_eq!(r["data"]["credentials"]["secret_access_key"], SECRET);
     assert!(start_with(a.clone()).await.is_err(), "the old key is refused now");
 
     // The server still running with the old key: writes refused (409), reveal fails closed.
-    let (s, e) = put(&c, format!("{old_server}/blocks/secret/s"), json!({"data": {"value": "v3"}})).await;
+    let (s, e) = put(
+        &c,
+        format!("{old_server}/blocks/secret/s"),
+        json!({"data": {"value": "v3"}}),
+    )
+    .await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
     assert!(e["error"]["message"].as_str().unwrap().contains("rotated"), "{e}");
     let (s, e) = get(&c, format!("{old_server}/blocks/secret/s?reveal=true")).await;

@@ -24,8 +24,14 @@ impl ServerProcess {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening ").expect("server address").to_string();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .expect("server address")
+            .to_string();
         (ServerProcess(child), format!("http://{addr}"))
     }
 }
@@ -56,7 +62,10 @@ fn probe(home: &Path, api: &str, results: &str, args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +88,9 @@ async fn a_flow_keeps_its_results_in_the_bucket_a_block_names() {
     // The SDK reads the block, typed, secrets revealed to this machine; Debug masks them.
     let home = tempfile::tempdir().unwrap();
     let (h, a) = (home.path().to_path_buf(), api.clone());
-    let out = tokio::task::spawn_blocking(move || probe(&h, &a, "memory://", &["block", "willowdata"])).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || probe(&h, &a, "memory://", &["block", "willowdata"]))
+        .await
+        .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let (shown_bucket, rest) = stdout.trim().split_once(' ').unwrap();
@@ -98,7 +109,9 @@ async fn a_flow_keeps_its_results_in_the_bucket_a_block_names() {
     for want in ["miss", "hit"] {
         let fresh_home = tempfile::tempdir().unwrap();
         let (h, a) = (fresh_home.path().to_path_buf(), api.clone());
-        let out = tokio::task::spawn_blocking(move || probe(&h, &a, results, &["run", "8"])).await.unwrap();
+        let out = tokio::task::spawn_blocking(move || probe(&h, &a, results, &["run", "8"]))
+            .await
+            .unwrap();
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stderr}");
         assert_eq!(stdout.trim(), want, "{stderr}");
@@ -113,13 +126,19 @@ async fn a_flow_keeps_its_results_in_the_bucket_a_block_names() {
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert!(listing.contains("team/weir/v1/manifests/"), "no manifest under the block's prefix: {listing}");
+    assert!(
+        listing.contains("team/weir/v1/manifests/"),
+        "no manifest under the block's prefix: {listing}"
+    );
 
     // A local-file-system block names a folder the same way.
     let folder = tempfile::tempdir().unwrap();
     let lfs: BlockAddress = "local-file-system/scratch".parse().unwrap();
     client
-        .put_block(&lfs, json!({"basepath": folder.path().join("results").display().to_string()}))
+        .put_block(
+            &lfs,
+            json!({"basepath": folder.path().join("results").display().to_string()}),
+        )
         .await
         .unwrap();
     let (h, a) = (home.path().to_path_buf(), api.clone());
@@ -136,5 +155,8 @@ async fn a_flow_keeps_its_results_in_the_bucket_a_block_names() {
         .unwrap();
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("cache disabled") && stderr.contains("s3-bucket/nope"), "{stderr}");
+    assert!(
+        stderr.contains("cache disabled") && stderr.contains("s3-bucket/nope"),
+        "{stderr}"
+    );
 }

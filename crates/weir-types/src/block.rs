@@ -19,7 +19,8 @@ pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && !s.starts_with('.')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// The names' rule as a regular expression, for the OpenAPI document.
@@ -238,7 +239,12 @@ pub fn secret_fields(schema: &Value) -> Result<Vec<String>, String> {
                         ("properties", Value::Object(props)) => {
                             for (name, sub) in props {
                                 let inner = at.map(|p| format!("{p}/{}", pointer_segment(name)));
-                                walk(sub, inner.as_deref(), &format!("{child_loc}/{}", pointer_segment(name)), out)?;
+                                walk(
+                                    sub,
+                                    inner.as_deref(),
+                                    &format!("{child_loc}/{}", pointer_segment(name)),
+                                    out,
+                                )?;
                             }
                         }
                         _ => walk(v, None, &child_loc, out)?,
@@ -416,7 +422,10 @@ mod tests {
                 secret_access_key: "sssh".into(),
             }),
         };
-        assert_eq!(b.store_url(), "s3://b/p/q?endpoint=http://127.0.0.1:9000&region=eu%20west");
+        assert_eq!(
+            b.store_url(),
+            "s3://b/p/q?endpoint=http://127.0.0.1:9000&region=eu%20west"
+        );
         let shown = format!("{b:?}");
         assert!(!shown.contains("sssh") && !shown.contains("AKID"), "{shown}");
     }

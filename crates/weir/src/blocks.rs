@@ -67,7 +67,8 @@ pub(crate) fn resolve_store(settings: &Settings, spec: &str) -> Result<weir_clie
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            rt.block_on(client.resolve_store(&spec_owned)).map_err(|e| e.to_string())
+            rt.block_on(client.resolve_store(&spec_owned))
+                .map_err(|e| e.to_string())
         })
         .join()
         .unwrap_or_else(|_| Err("resolving the block panicked".into()))

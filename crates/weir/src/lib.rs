@@ -69,8 +69,8 @@
 //! From the environment (see [`Settings::from_env`]) or once with [`configure`].
 
 mod artifact;
-pub mod blocks;
 mod blocking;
+pub mod blocks;
 mod cache;
 mod console;
 mod context;

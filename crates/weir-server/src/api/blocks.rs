@@ -124,7 +124,11 @@ async fn find_type(app: &AppState, name: &str) -> Result<BlockType, ApiError> {
         }),
         None => Err(ApiError::NotFound(format!(
             "no block type '{name}' (built-in: {}; register one with PUT /api/v1/block_types/{name})",
-            builtin_types().iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", ")
+            builtin_types()
+                .iter()
+                .map(|(n, _, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -184,8 +188,8 @@ fn open(b: StoredBlock, reveal: bool, key: &SecretKey) -> Result<Block, ApiError
             let plain = key
                 .decrypt(&s.ct, &aad(&b.block_type, &b.name, b.version, &s.path))
                 .map_err(|e| decrypt_failed(&b, e))?;
-            let value: Value = serde_json::from_slice(&plain)
-                .map_err(|_| decrypt_failed(&b, crate::secrets::SecretError::Damaged))?;
+            let value: Value =
+                serde_json::from_slice(&plain).map_err(|_| decrypt_failed(&b, crate::secrets::SecretError::Damaged))?;
             if let Some(slot) = data.pointer_mut(&s.path) {
                 *slot = value;
             }
@@ -207,7 +211,8 @@ fn may_reveal(app: &AppState, peer: &Peer) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::Forbidden(
-            "reveal=true needs a server with an API key (WEIR_API_KEY), or a request from the server's own machine".into(),
+            "reveal=true needs a server with an API key (WEIR_API_KEY), or a request from the server's own machine"
+                .into(),
         ))
     }
 }
@@ -242,7 +247,10 @@ async fn list_block_types(AxState(app): AxState<AppState>) -> Result<Json<BlockT
 #[utoipa::path(get, path = "/block_types/{name}", tag = "blocks",
     params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$", max_length = 128)),
     responses((status = 200, body = BlockType), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-async fn get_block_type(AxState(app): AxState<AppState>, Path(name): Path<String>) -> Result<Json<BlockType>, ApiError> {
+async fn get_block_type(
+    AxState(app): AxState<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<BlockType>, ApiError> {
     check_name("name", &name)?;
     Ok(Json(find_type(&app, &name).await?))
 }
@@ -276,7 +284,10 @@ async fn put_block_type(
         ));
     }
     if !t.schema.is_object() && !t.schema.is_boolean() {
-        return Err(ApiError::invalid("a JSON Schema is an object (or a boolean)", Some("schema".into())));
+        return Err(ApiError::invalid(
+            "a JSON Schema is an object (or a boolean)",
+            Some("schema".into()),
+        ));
     }
     if let Err(e) = jsonschema::validator_for(&t.schema) {
         return Err(ApiError::invalid(
@@ -292,7 +303,12 @@ async fn put_block_type(
         ));
     }
     app.db
-        .put_block_type(&name, &t.schema, t.description.as_deref(), weir_types::time::now_micros())
+        .put_block_type(
+            &name,
+            &t.schema,
+            t.description.as_deref(),
+            weir_types::time::now_micros(),
+        )
         .await?;
     Ok(Json(BlockType {
         name,

@@ -103,11 +103,12 @@ impl Db {
             .bind(fingerprint.to_string())
             .execute(&mut **tx)
             .await?;
-        let locked = sqlx::query("UPDATE block_secret_key SET fingerprint = fingerprint WHERE id = 1 AND fingerprint = $1")
-            .bind(fingerprint.to_string())
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
+        let locked =
+            sqlx::query("UPDATE block_secret_key SET fingerprint = fingerprint WHERE id = 1 AND fingerprint = $1")
+                .bind(fingerprint.to_string())
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
         if locked == 1 {
             return Ok(Ok(()));
         }
@@ -227,7 +228,11 @@ impl Db {
         after: (&str, &str),
         limit: usize,
     ) -> Result<Vec<StoredBlock>, DbError> {
-        let type_filter = if only_type.is_some() { "AND b.block_type = $4" } else { "" };
+        let type_filter = if only_type.is_some() {
+            "AND b.block_type = $4"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT {COLS} FROM blocks b WHERE (b.block_type, b.name) > ($1, $2) {type_filter} \
              AND b.version = (SELECT MAX(m.version) FROM blocks m WHERE m.block_type = b.block_type AND m.name = b.name) \

@@ -337,7 +337,11 @@ async fn main() -> anyhow::Result<()> {
         ["block", name] => {
             // Prints the bucket, its secret (revealed for this client) and its Debug form.
             let b = weir::Block::load::<weir::blocks::S3Bucket>(name).await?;
-            let secret = b.credentials.as_ref().map(|c| c.secret_access_key.clone()).unwrap_or_default();
+            let secret = b
+                .credentials
+                .as_ref()
+                .map(|c| c.secret_access_key.clone())
+                .unwrap_or_default();
             println!("{} {secret} {b:?}", b.bucket);
         }
         ["block-json", address] => {

@@ -18,7 +18,9 @@ async fn main() -> anyhow::Result<()> {
     let key_file = std::path::Path::new(db.as_str()).with_extension("key");
     let key = weir_server::secrets::SecretKey::load_or_create(&key_file)?;
     let app = weir_server::app_with_secret_key(
-        weir_server::Db::connect(&format!("sqlite://{db}")).await.context("server database")?,
+        weir_server::Db::connect(&format!("sqlite://{db}"))
+            .await
+            .context("server database")?,
         None,
         key,
     );
@@ -28,6 +30,10 @@ async fn main() -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
     // Peers' addresses, as `weir server start` has them: blocks reveal secrets to loopback.
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }
