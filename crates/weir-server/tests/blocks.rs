@@ -258,6 +258,12 @@ async fn suite(url: &str) {
         (StatusCode::UNPROCESSABLE_ENTITY, Some("name")),
         "{e}"
     );
+    let (s, e) = get(&c, format!("{base}/blocks/s3-bucket/%FF")).await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("name")),
+        "{e}"
+    );
     let (s, e) = get(&c, format!("{base}/blocks/s3-bucket/willowdata?reveal=maybe")).await;
     assert_eq!(
         (s, e["error"]["field"].as_str()),

@@ -820,6 +820,17 @@ fn a_flow_outside_a_tokio_runtime_is_a_clear_error_in_a_terminal_and_out_of_one(
     // Not a terminal: plain log lines.
     let plain = ok(probe(home.path()).arg("no-runtime").output().unwrap());
     assert!(plain.contains("error:") && plain.contains("tokio runtime"), "{plain}");
+    // The live line forced on (`WEIR_PROGRESS=always`): no terminal needed to reach the
+    // code that would spawn its ticker, so this half never skips.
+    let forced = ok(probe(home.path())
+        .arg("no-runtime")
+        .env("WEIR_PROGRESS", "always")
+        .output()
+        .unwrap());
+    assert!(
+        forced.contains("tokio runtime") && !forced.contains("panicked"),
+        "{forced}"
+    );
 
     // A terminal (`script` from util-linux makes a pseudo-terminal): the live progress line
     // would start here, and must not panic for want of a runtime.

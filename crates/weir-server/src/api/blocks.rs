@@ -10,8 +10,8 @@
 use std::net::SocketAddr;
 
 use axum::Json;
+use axum::extract::State as AxState;
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
@@ -24,7 +24,7 @@ use weir_types::block::{
 };
 
 use super::AppState;
-use super::params::{ApiQuery, check_text, in_range};
+use super::params::{ApiPath as Path, ApiQuery, check_text, in_range};
 use crate::db::{StoredBlock, StoredSecret};
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiJson;
