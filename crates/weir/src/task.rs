@@ -640,6 +640,8 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         run.rec.cache_key = Some(key.to_hex());
         if let Some(store) = &engine.store {
             let refresh = parts.refresh.unwrap_or(spec.refresh_cache) || engine.settings.refresh_cache;
+            // The lookup failed on the store itself (see `Found::Unavailable`).
+            let mut store_down = false;
             let (mode, seen) = if refresh {
                 run.rec.cache_status = CacheStatus::Refreshed;
                 // What is being refreshed, so that a refresh someone else finishes while we
@@ -657,11 +659,15 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 match found {
                     Found::Value(v) => return Ok(cached(&mut run, &task_scope, v)),
                     Found::Compute(mode) => (mode, Seen::Unusable),
+                    Found::Unavailable => {
+                        store_down = true;
+                        (PutMode::IfAbsent, Seen::Unusable)
+                    }
                 }
             };
             // Missing, expired, damaged or refreshed: in every case one process computes
             // the key and the others take its result.
-            if spec.isolation {
+            if spec.isolation && !store_down {
                 let holder = format!("{}:{} (task run {})", engine.hostname, engine.pid, run.rec.id);
                 let how = cache::Waiting {
                     holder: &holder,
@@ -681,7 +687,9 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                     }
                 }
             }
-            publish_plan = Some((key, mode));
+            if !store_down {
+                publish_plan = Some((key, mode));
+            }
         }
     }
 
