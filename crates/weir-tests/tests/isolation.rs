@@ -164,6 +164,36 @@ fn racing_writers_of_one_name_leave_only_the_winners_data() {
     }
 }
 
+/// Between a named result's manifest and the copy to its readable name (or after a writer
+/// died there), readers find the data in the blob written before the manifest.
+#[tokio::test]
+async fn a_named_result_not_yet_copied_to_its_name_is_read_from_its_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(Arc::new(FolderBackend::open(dir.path()).unwrap().without_fsync()));
+    let mut meta = weir_tests::store_suite::meta(&weir_tests::store_suite::key("blob-first", 1));
+    meta.key = "pending/data.json".into();
+    let bytes = b"{\"rows\": 3}".to_vec();
+    let (outcome, stored) = store.put_named(meta, bytes.clone(), PutMode::IfAbsent).await.unwrap();
+    assert_eq!(outcome, PutOutcome::Published);
+    let named = dir.path().join("named/pending/data.json");
+    std::fs::remove_file(&named).unwrap();
+    match store.get_named("pending/data.json", 0).await.unwrap() {
+        Lookup::Hit { bytes: got, .. } => assert_eq!(got, bytes),
+        other => panic!("{other:?}"),
+    }
+    let out = tempfile::tempdir().unwrap();
+    match store.get_named_file("pending/data.json", 0, out.path()).await.unwrap() {
+        weir_cache::FileLookup::Hit { path, .. } => assert_eq!(std::fs::read(path).unwrap(), bytes),
+        other => panic!("{other:?}"),
+    }
+    // With the blob gone too, the entry is damaged (replaced by the next writer).
+    std::fs::remove_file(dir.path().join(store.blob_path(&stored.blob))).unwrap();
+    assert!(matches!(
+        store.get_named("pending/data.json", 0).await.unwrap(),
+        Lookup::Corrupt { .. }
+    ));
+}
+
 // ---------- item: a lost lease with on_duplicate = "error" ----------
 
 static STRICT: Gate = Gate::new();

@@ -346,8 +346,9 @@ pub(crate) struct Waiting<'a> {
 const STALE_TTLS: u32 = 2;
 
 /// A lease request that fails (the store, not a holder) is retried at most this many times,
-/// and for at most [`LEASE_ERROR_BUDGET`] in all (each request may spend the store's own
-/// retries too): then the task is computed without isolation.
+/// and not once [`LEASE_ERROR_BUDGET`] has passed since the first failing one was sent (each
+/// request may spend the store's own retries too): then the task is computed without
+/// isolation.
 const LEASE_ERRORS: u32 = 5;
 const LEASE_ERROR_BUDGET: Duration = Duration::from_secs(10);
 
@@ -392,6 +393,7 @@ pub(crate) async fn isolate<T, F: Future<Output = Recheck<T>>>(
     let mut take_over_at: Option<i64> = None;
     loop {
         let now = weir_types::time::now_micros().max(take_over_at.unwrap_or(i64::MIN));
+        let asked = tokio::time::Instant::now();
         match store.try_lease(key, how.holder, ttl_us, now).await {
             Ok(LeaseOutcome::Acquired(lease)) => {
                 // It may have been published between our lookup and the lease.
@@ -442,10 +444,7 @@ pub(crate) async fn isolate<T, F: Future<Output = Recheck<T>>>(
             }
             // A store that keeps failing must not block the task forever; a blip must not
             // make two processes compute one key.
-            Err(e)
-                if errors < LEASE_ERRORS
-                    && failing_since.get_or_insert_with(tokio::time::Instant::now).elapsed() < LEASE_ERROR_BUDGET =>
-            {
+            Err(e) if errors < LEASE_ERRORS && failing_since.get_or_insert(asked).elapsed() < LEASE_ERROR_BUDGET => {
                 errors += 1;
                 tracing::debug!(target: "weir::cache", "lease request failed ({e}); retrying");
                 tokio::time::sleep(wait).await;

@@ -20,11 +20,19 @@ impl Store {
             Ok(m) => m,
             Err(unusable) => return Ok(unusable.into()),
         };
-        let Some(bytes) = self.backend.read(&named_data_path(name)).await? else {
-            // A manifest without its data must be replaced, not kept (see `Lookup::Corrupt`).
-            return Ok(Lookup::Corrupt {
-                reason: format!("named result {name} in {} is missing", self.backend.location()),
-            });
+        let bytes = match self.backend.read(&named_data_path(name)).await? {
+            Some(bytes) => bytes,
+            // Not copied to its name yet (its writer is between the manifest and the copy, or
+            // died there): the blob written before the manifest holds it, until gc.
+            None => match self.backend.read(&blob_path(&meta.blob)).await? {
+                Some(bytes) => bytes,
+                // A manifest without its data must be replaced, not kept (see `Lookup::Corrupt`).
+                None => {
+                    return Ok(Lookup::Corrupt {
+                        reason: format!("named result {name} in {} is missing", self.backend.location()),
+                    });
+                }
+            },
         };
         if blake3::hash(&bytes).to_hex().as_str() != meta.blob {
             return Ok(Lookup::Corrupt {
@@ -47,7 +55,8 @@ impl Store {
     /// leaves the winner's result untouched. Replacing is left to the holder of the name's
     /// lease ([`crate::store::named_lease_key`]), which confirms it still holds it first;
     /// until its copy lands, readers find the old data under the new manifest, which fails
-    /// its checksum (`Corrupt`) — weir's own readers wait for the lease instead.
+    /// its checksum (`Corrupt`) — weir's own readers wait for the lease instead. A name
+    /// published for the first time reads from the blob until the copy lands.
     pub(super) async fn put_named_data(
         &self,
         mut meta: EntryMeta,
@@ -102,7 +111,16 @@ impl Store {
         let changed = |p: &Path| format!("named result {} was changed since it was stored", p.display());
         let data = named_data_path(name);
         let found = self
-            .fetch_file(meta, &data, dest_dir, crate::stream::hash_file, changed)
+            .fetch_file(meta.clone(), &data, dest_dir, crate::stream::hash_file, changed)
+            .await?;
+        if !matches!(found, FileLookup::Miss) {
+            return Ok(found);
+        }
+        // Not copied to its name yet: the blob written before the manifest (see `get_named_impl`).
+        let blob = blob_path(&meta.blob);
+        let changed = |p: &Path| format!("blob {} does not match its checksum", p.display());
+        let found = self
+            .fetch_file(meta, &blob, dest_dir, crate::stream::hash_file, changed)
             .await?;
         Ok(self.missing_is_corrupt(found, &data))
     }
