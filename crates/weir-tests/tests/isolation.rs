@@ -145,8 +145,11 @@ fn racing_writers_of_one_name_leave_only_the_winners_data() {
     let store = Store::new(Arc::new(FolderBackend::open(&root).unwrap()));
     let rt = tokio::runtime::Runtime::new().unwrap();
     for r in 0..ROUNDS {
-        let winners: Vec<usize> = (0..WRITERS)
-            .filter(|w| outcomes[*w][r] == PutOutcome::Published)
+        let winners: Vec<usize> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o[r] == PutOutcome::Published)
+            .map(|(w, _)| w)
             .collect();
         assert_eq!(winners.len(), 1, "round {r}: one writer publishes: {winners:?}");
         let expected = format!("writer {} round {r} ", winners[0]).repeat(4_000).into_bytes();
