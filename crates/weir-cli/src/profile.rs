@@ -131,8 +131,8 @@ pub fn run_profile(cmd: ProfileCommand) -> anyhow::Result<()> {
                         String::new()
                     },
                     name.clone(),
-                    p.api_url.clone().unwrap_or_default(),
-                    p.results.clone().unwrap_or_default(),
+                    p.api_url.as_deref().map(redact_url).unwrap_or_default(),
+                    p.results.as_deref().map(redact_url).unwrap_or_default(),
                 ]);
             }
             writeln!(out, "{t}")?;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use weir_types::config::redact_url;
 use weir_types::{Event, FlowRunId, FlowRunRecord, LogRecord, TaskRunRecord};
 
 /// The error body the server sends.
@@ -111,6 +112,8 @@ fn warn_key_in_clear(base: &str) {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// `base` with any password masked, for messages.
+    shown: String,
     key: Option<String>,
 }
 
@@ -131,18 +134,20 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|source| ClientError::Transport {
-                url: base.clone(),
+                url: redact_url(&base),
                 source,
             })?;
         let key = api_key.filter(|k| !k.is_empty());
         if key.is_some() && key_in_clear(&base) {
-            warn_key_in_clear(&base);
+            warn_key_in_clear(&redact_url(&base));
         }
-        Ok(Client { http, base, key })
+        let shown = redact_url(&base);
+        Ok(Client { http, base, shown, key })
     }
 
+    /// The server's address for messages (any password in it masked).
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.shown
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
@@ -150,15 +155,14 @@ impl Client {
             Some(k) => req.bearer_auth(k),
             None => req,
         };
-        let resp = req.send().await.map_err(|source| ClientError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
+        // Messages name the URL without its password (an API URL may carry basic auth).
+        let unreachable = |source: reqwest::Error| ClientError::Transport {
+            url: redact_url(url),
+            source: source.without_url(),
+        };
+        let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|source| ClientError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
+        let body = resp.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             #[derive(Deserialize)]
             struct Wrapper {
@@ -177,7 +181,7 @@ impl Client {
             });
         }
         serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
-            url: url.to_string(),
+            url: redact_url(url),
             message: e.to_string(),
         })
     }

@@ -4,6 +4,9 @@
 //! cache_probe key forward|reverse   print the cache key of a call with a HashMap input
 //! cache_probe run N                 run a flow with one cached task; print hit|miss
 //! cache_probe big BYTES             run a flow whose cached task returns BYTES bytes
+//! cache_probe chunky N              run N cached tasks one after another, each returning a
+//!                                   result stored as a blob (a tenth of them one shared
+//!                                   blob); print "C computed H cached"
 //! cache_probe parts N               run a flow whose cached task writes N files (relative to
 //!                                   the working folder) and returns them inside its result;
 //!                                   print hit|miss, then each file's contents on a line
@@ -50,6 +53,29 @@ async fn expensive(n: u64) -> anyhow::Result<u64> {
         writeln!(f, "computed {n} by {}", std::process::id())?;
     }
     Ok(n * 2)
+}
+
+/// Above the inline size, so it is stored as a blob: one of its own for each key, and one
+/// shared by every key divisible by ten (reused, so refreshed, by later writers).
+#[weir::task(cache = "inputs")]
+async fn chunky(i: u64) -> anyhow::Result<String> {
+    let tag = if i.is_multiple_of(10) {
+        "shared".to_string()
+    } else {
+        i.to_string()
+    };
+    Ok(format!("{tag}-").repeat(4096))
+}
+
+/// One task after another (a few milliseconds apart), so the publishes spread over seconds.
+#[weir::flow]
+async fn chunky_flow(n: u64) -> anyhow::Result<usize> {
+    let mut total = 0;
+    for i in 0..n {
+        total += chunky(i).await?.len();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    Ok(total)
 }
 
 #[weir::flow]
@@ -336,6 +362,11 @@ async fn main() -> anyhow::Result<()> {
             let (r, report) = probe(n.parse()?).with_report().await;
             r?;
             println!("{}", if report.cached > 0 { "hit" } else { "miss" });
+        }
+        ["chunky", n] => {
+            let (r, report) = chunky_flow(n.parse()?).with_report().await;
+            r?;
+            println!("{} computed {} cached", report.completed, report.cached);
         }
         ["many", n] => {
             let (r, report) = many(n.parse()?).with_report().await;
