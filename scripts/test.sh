@@ -8,7 +8,9 @@
 # - moto[server] (PyPI), run by scripts/moto_atomic.py so its conditional writes are atomic, for the
 #   concurrency and lease tests (s3s-fs, which runs inside the tests, is not atomic there);
 # - PostgreSQL 15 binaries (Debian): the server tests make a throwaway cluster in a temp dir;
-# - `script` (util-linux): a pseudo-terminal for the live progress line.
+# - `script` (util-linux): a pseudo-terminal for the live progress line;
+# - schemathesis 4 (PyPI, in a venv under ~/.cache/weir-test): fuzzes a real server against
+#   its OpenAPI document (scripts/api-fuzz.sh).
 # Every test that could skip is made mandatory (WEIR_TEST_REQUIRE_*=1), and a test output
 # line saying "skipping" fails the run as well.
 set -euo pipefail
@@ -100,3 +102,5 @@ if grep -n "skipping" "$work/test.log" >&2; then
     echo "scripts/test.sh: the tests above skipped; here every test must run" >&2
     exit 1
 fi
+# The API against its own OpenAPI document: every operation, every check; any finding fails.
+scripts/api-fuzz.sh

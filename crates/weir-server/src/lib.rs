@@ -102,7 +102,10 @@ fn app_with(mut state: api::AppState, api_key: Option<String>) -> Router {
     openapi.paths = std::mem::take(&mut doc.paths);
     openapi.components = doc.components.take();
     openapi.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
-    let openapi_json = serde_json::to_value(&openapi).unwrap_or_default();
+    let mut openapi_json = serde_json::to_value(&openapi).unwrap_or_default();
+    if api_key.is_some() {
+        require_key_in_doc(&mut openapi_json);
+    }
     let api = api
         .route(
             "/openapi.json",
@@ -128,6 +131,29 @@ fn app_with(mut state: api::AppState, api_key: Option<String>) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO))
                 .on_failure(DefaultOnFailure::new().level(Level::ERROR)),
         )
+}
+
+/// With an API key, the document says so: a bearer scheme required by every operation, each
+/// of which may answer 401 (the key is checked before any handler runs).
+fn require_key_in_doc(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    doc["components"]["securitySchemes"]["bearer"] = json!({"type": "http", "scheme": "bearer"});
+    doc["security"] = json!([{"bearer": []}]);
+    let unauthorized = json!({
+        "description": "Missing or wrong API key",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for op in paths
+            .values_mut()
+            .filter_map(|p| p.as_object_mut())
+            .flat_map(|p| p.values_mut())
+        {
+            if let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) {
+                responses.insert("401".into(), unauthorized.clone());
+            }
+        }
+    }
 }
 
 /// Connects, migrates, binds and serves until SIGTERM or Ctrl-C, then drains (see

@@ -94,6 +94,10 @@ impl Db {
                         sqlx::query("PRAGMA journal_mode=WAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA synchronous=NORMAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA busy_timeout=10000").execute(&mut *conn).await?;
+                        // 64 MiB of page cache per connection (the default is 2 MiB): the
+                        // task-run indexes an ingest batch updates stay in memory.
+                        sqlx::query("PRAGMA cache_size=-65536").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA temp_store=MEMORY").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
