@@ -27,7 +27,21 @@ pub enum ServerCommand {
         /// The PEM private key of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// A worker silent this long is dead and its runs are marked Crashed (`15s`, `1m`).
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        heartbeat_timeout: std::time::Duration,
+        /// A scheduled run not claimed this long after it was due is Late (`30s`).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        late_after: std::time::Duration,
     },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = weir_types::duration::parse(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
 }
 
 pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
@@ -37,6 +51,8 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
         insecure,
         tls_cert,
         tls_key,
+        heartbeat_timeout,
+        late_after,
     } = cmd;
     let paths = Paths::from_env();
     // Strict: a broken profiles file, an unknown profile or an empty key stops the start,
@@ -57,6 +73,11 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
         database_url: database_url.clone(),
         api_key: weir_types::profile::try_lookup(&paths.home, "api_key")?.map(|(k, _)| k),
         tls,
+        scheduler: weir_server::scheduler::Options {
+            heartbeat_timeout,
+            late_after,
+            ..Default::default()
+        },
     };
     let shown_db = redact_url(&database_url);
     let rt = tokio::runtime::Runtime::new()?;

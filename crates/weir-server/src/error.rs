@@ -99,6 +99,7 @@ impl From<DbError> for ApiError {
         match e {
             DbError::NotFound(m) => ApiError::NotFound(m),
             DbError::Invalid { message, field } => ApiError::invalid(message, Some(field.to_string())),
+            DbError::Conflict(m) => ApiError::Conflict(m),
             DbError::Sqlx(e) => e.into(),
         }
     }

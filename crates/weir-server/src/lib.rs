@@ -13,6 +13,7 @@ mod auth;
 pub mod db;
 pub mod error;
 pub mod json;
+pub mod scheduler;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Serve HTTPS with this certificate instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// The scheduler's and claims' settings (heartbeat timeout, late grace period).
+    pub scheduler: scheduler::Options,
 }
 
 /// Why the server would not start.
@@ -76,9 +79,17 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// The whole application: `/api/v1/…` and `/api/v1/openapi.json`.
+/// The whole application: `/api/v1/…` and `/api/v1/openapi.json`, with the scheduler
+/// running beside it (call inside a tokio runtime).
 pub fn app(db: Db, api_key: Option<String>) -> Router {
-    app_with(api::AppState::new(db), api_key)
+    app_with_options(db, api_key, scheduler::Options::default())
+}
+
+/// [`app`] with scheduler settings.
+pub fn app_with_options(db: Db, api_key: Option<String>, opts: scheduler::Options) -> Router {
+    let state = api::AppState::with_options(db, opts);
+    state.spawn_background();
+    app_with(state, api_key)
 }
 
 fn app_with(state: api::AppState, api_key: Option<String>) -> Router {
@@ -186,7 +197,8 @@ pub async fn serve_until(
     let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
     let bound = listener.local_addr().map_err(bind_err)?;
-    let state = api::AppState::new(db);
+    let state = api::AppState::with_options(db, cfg.scheduler.clone());
+    state.spawn_background();
     let stopping = Arc::clone(&state.stopping);
     let app = app_with(state, cfg.api_key).into_make_service();
     let handle = axum_server::Handle::new();

@@ -416,6 +416,7 @@ async fn refuses_a_public_address_without_a_key() {
         database_url: "sqlite::memory:".into(),
         api_key: None,
         tls: None,
+        ..Default::default()
     };
     let err = weir_server::serve(cfg, "0.0.0.0:0".parse().unwrap(), false, |_| {})
         .await
@@ -476,6 +477,7 @@ async fn an_empty_key_opens_nothing() {
         database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
         api_key: Some(String::new()),
         tls: None,
+        ..Default::default()
     };
     let served = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -547,6 +549,7 @@ async fn serves_tls_when_given_a_certificate() {
             cert: cert.clone(),
             key: key.clone(),
         }),
+        ..Default::default()
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(weir_server::serve_until(
@@ -586,6 +589,7 @@ async fn serves_tls_when_given_a_certificate() {
         database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
         api_key: None,
         tls: Some(weir_server::TlsFiles { cert, key }),
+        ..Default::default()
     };
     let err = weir_server::serve(cfg, "127.0.0.1:0".parse().unwrap(), false, |_| {})
         .await
