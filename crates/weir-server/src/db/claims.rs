@@ -9,7 +9,7 @@ use sqlx::Row;
 use weir_types::deployment::{ClaimToken, ClaimedRun, Deployment, HeartbeatReply, RunningClaim, WorkerRecord};
 use weir_types::{FlowRunId, FlowRunRecord};
 
-use super::deployments::{NewRun, deployment_row, ensure_pool, history, insert_runs};
+use super::deployments::{NewRun, deployment_row, ensure_pool, history, history_many, insert_runs, values};
 use super::flow_runs::{FLOW_COLS, flow_run};
 use super::query::parse;
 use super::{CLAIMED, Db, DbError, FINAL, Kind, WAITING};
@@ -70,7 +70,6 @@ impl Db {
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await?;
         upsert_worker(&mut tx, worker, pool, None, now).await?;
-        ensure_pool(&mut tx, pool, now).await?;
         let row = sqlx::query(
             "SELECT (SELECT concurrency_limit FROM work_pools WHERE name = $1) AS pool_limit, \
              (SELECT COUNT(*) FROM deployments WHERE work_pool = $1 AND concurrency_limit IS NOT NULL) AS limited",
@@ -145,11 +144,11 @@ impl Db {
                 }
             }
         }
-        let mut claimed: Vec<(String, ClaimToken)> = Vec::new();
         let update = format!(
             "UPDATE flow_runs SET state = 'Pending', worker = $1, claim_token = $2, cancel_requested = 0 \
-             WHERE id = $3 AND state IN {WAITING}"
+             WHERE id = $3 AND state IN {WAITING} RETURNING {FLOW_COLS}"
         );
+        let mut claimed: Vec<(FlowRunRecord, ClaimToken)> = Vec::new();
         for (id, dep) in candidates {
             if claimed.len() as i64 >= want {
                 break;
@@ -163,53 +162,65 @@ impl Db {
                 *f -= 1;
             }
             let token = ClaimToken(uuid::Uuid::now_v7());
-            let r = sqlx::query(sqlx::AssertSqlSafe(update.clone()))
+            let row = sqlx::query(sqlx::AssertSqlSafe(update.clone()))
                 .bind(worker.to_string())
                 .bind(token.0.to_string())
                 .bind(id.clone())
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
-            if r.rows_affected() == 1 {
-                history(
-                    &mut tx,
-                    &id,
-                    "Pending",
-                    now,
-                    Some(&format!("claimed by worker {worker}")),
-                )
-                .await?;
-                claimed.push((id, token));
+            if let Some(row) = row {
+                claimed.push((flow_run(&row)?, token));
             }
         }
-        let mut out = Vec::with_capacity(claimed.len());
-        let mut deployments: HashMap<String, Deployment> = HashMap::new();
-        for (id, token) in claimed {
-            let sql = format!("SELECT {FLOW_COLS} FROM flow_runs WHERE id = $1");
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(id.clone())
-                .fetch_one(&mut *tx)
-                .await?;
-            let run = flow_run(&row)?;
-            let Some(name) = run.deployment.clone() else { continue };
+        let why = format!("claimed by worker {worker}");
+        let lines: Vec<_> = claimed
+            .iter()
+            .map(|(r, _)| (r.id.to_string(), "Pending", now, why.clone()))
+            .collect();
+        history_many(&mut tx, &lines).await?;
+        let mut deployments: HashMap<String, Option<Deployment>> = HashMap::new();
+        for name in claimed.iter().filter_map(|(r, _)| r.deployment.clone()) {
             if !deployments.contains_key(&name) {
-                match sqlx::query("SELECT * FROM deployments WHERE name = $1")
+                let d = sqlx::query("SELECT * FROM deployments WHERE name = $1")
                     .bind(name.clone())
                     .fetch_optional(&mut *tx)
                     .await?
-                {
-                    Some(row) => {
-                        deployments.insert(name.clone(), deployment_row(&row)?);
-                    }
-                    None => continue,
+                    .map(|row| deployment_row(&row))
+                    .transpose()?;
+                deployments.insert(name, d);
+            }
+        }
+        let mut out = Vec::with_capacity(claimed.len());
+        for (run, token) in claimed {
+            match run
+                .deployment
+                .as_ref()
+                .and_then(|n| deployments.get(n).cloned().flatten())
+            {
+                Some(deployment) => {
+                    let parameters = run.parameters.clone();
+                    out.push(ClaimedRun {
+                        flow_run: run,
+                        token,
+                        deployment,
+                        parameters,
+                    });
+                }
+                // Deleted between the claim's look and its update: nobody can run it.
+                None => {
+                    let why = "its deployment was deleted as it was claimed";
+                    sqlx::query(
+                        "UPDATE flow_runs SET state = 'Crashed', ended_at = $1, error = $2, claim_token = NULL \
+                         WHERE id = $3",
+                    )
+                    .bind(now)
+                    .bind(why)
+                    .bind(run.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    history(&mut tx, &run.id.to_string(), "Crashed", now, Some(why)).await?;
                 }
             }
-            let parameters = run.parameters.clone();
-            out.push(ClaimedRun {
-                flow_run: run,
-                token,
-                deployment: deployments[&name].clone(),
-                parameters,
-            });
         }
         tx.commit().await?;
         drop(_w);
@@ -447,9 +458,18 @@ impl Db {
         .iter()
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?;
-        for id in &ids {
-            history(&mut tx, id, "Late", now, Some("not claimed within the grace period")).await?;
-        }
+        let lines: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                (
+                    id.clone(),
+                    "Late",
+                    now,
+                    "not claimed within the grace period".to_string(),
+                )
+            })
+            .collect();
+        history_many(&mut tx, &lines).await?;
         let mut cancelled = 0;
         for (policy, extra, why) in [
             ("skip", "", "late, and the deployment's late policy is `skip`"),
@@ -474,9 +494,11 @@ impl Db {
                 .iter()
                 .map(|r| r.try_get(0))
                 .collect::<Result<_, _>>()?;
-            for id in &gone {
-                history(&mut tx, id, "Cancelled", now, Some(why)).await?;
-            }
+            let lines: Vec<_> = gone
+                .iter()
+                .map(|id| (id.clone(), "Cancelled", now, why.to_string()))
+                .collect();
+            history_many(&mut tx, &lines).await?;
             cancelled += gone.len();
         }
         tx.commit().await?;
@@ -576,22 +598,35 @@ impl Db {
         }
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await?;
-        let mut runs = Vec::new();
-        for (d, through, new) in batches {
-            let r = sqlx::query(
+        if self.kind == Kind::Postgres {
+            // Servers materialize one at a time (the unique key would keep their runs apart
+            // anyway; this keeps their row locks from deadlocking).
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('weir-materialize', 9))")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut live: HashSet<String> = HashSet::new();
+        for chunk in batches.chunks(1000) {
+            let sql = format!(
                 "UPDATE deployments SET scheduled_through = CASE WHEN scheduled_through IS NULL \
-                 OR scheduled_through < $1 THEN $1 ELSE scheduled_through END \
-                 WHERE name = $2 AND paused = 0 AND updated_at = $3",
-            )
-            .bind(*through)
-            .bind(d.spec.name.clone())
-            .bind(d.updated_at)
-            .execute(&mut *tx)
-            .await?;
-            if r.rows_affected() == 1 {
-                runs.extend(new.iter().cloned());
+                 OR scheduled_through < v.column2 THEN v.column2 ELSE scheduled_through END \
+                 FROM (VALUES {}) AS v WHERE deployments.name = v.column1 AND deployments.paused = 0 \
+                 AND deployments.updated_at = v.column3 RETURNING deployments.name",
+                values(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (d, through, _) in chunk {
+                q = q.bind(d.spec.name.clone()).bind(*through).bind(d.updated_at);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                live.insert(row.try_get(0)?);
             }
         }
+        let runs: Vec<NewRun> = batches
+            .iter()
+            .filter(|(d, _, _)| live.contains(&d.spec.name))
+            .flat_map(|(_, _, new)| new.iter().cloned())
+            .collect();
         let made = insert_runs(&mut tx, &runs).await?;
         tx.commit().await?;
         Ok(made.len())

@@ -82,18 +82,11 @@ type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 pub(super) async fn insert_runs(tx: &mut Tx<'_>, runs: &[NewRun]) -> Result<HashSet<String>, sqlx::Error> {
     let mut inserted = HashSet::new();
     for chunk in runs.chunks(500) {
-        let mut sql = format!("INSERT INTO flow_runs ({}) VALUES ", RUN_COLS.join(", "));
-        let n = RUN_COLS.len();
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let p: Vec<String> = (1..=n).map(|c| format!("${}", i * n + c)).collect();
-            sql.push('(');
-            sql.push_str(&p.join(", "));
-            sql.push(')');
-        }
-        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
+        let sql = format!(
+            "INSERT INTO flow_runs ({}) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+            RUN_COLS.join(", "),
+            values(chunk.len(), RUN_COLS.len())
+        );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in chunk {
             q = q
@@ -116,26 +109,64 @@ pub(super) async fn insert_runs(tx: &mut Tx<'_>, runs: &[NewRun]) -> Result<Hash
             inserted.insert(row.try_get::<String, _>(0)?);
         }
     }
+    let mut tags: Vec<(String, &str)> = Vec::new();
+    let mut lines: Vec<(String, &str, i64, String)> = Vec::new();
     for r in runs.iter().filter(|r| inserted.contains(&r.id.to_string())) {
         let id = r.id.to_string();
-        let mut tags: Vec<&String> = r.tags.iter().collect();
-        tags.sort();
-        tags.dedup();
-        for t in tags {
-            sqlx::query("INSERT INTO flow_run_tags (flow_run_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(id.clone())
-                .bind(t.clone())
-                .execute(&mut **tx)
-                .await?;
-        }
+        let mut mine: Vec<&str> = r.tags.iter().map(String::as_str).collect();
+        mine.sort_unstable();
+        mine.dedup();
+        tags.extend(mine.into_iter().map(|t| (id.clone(), t)));
         let why = match (r.schedule_slot, r.retry_of) {
             (Some(_), _) => "scheduled by a schedule".to_string(),
             (_, Some(of)) => format!("retry {} of run {of}", r.retry_count),
             _ => "created by a request".to_string(),
         };
-        history(tx, &id, "Scheduled", r.created_at, Some(&why)).await?;
+        lines.push((id, "Scheduled", r.created_at, why));
     }
+    for chunk in tags.chunks(2000) {
+        let sql = format!(
+            "INSERT INTO flow_run_tags (flow_run_id, tag) VALUES {} ON CONFLICT DO NOTHING",
+            values(chunk.len(), 2)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, t) in chunk {
+            q = q.bind(id.clone()).bind(t.to_string());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    history_many(tx, &lines).await?;
     Ok(inserted)
+}
+
+/// `($1, $2), ($3, $4), …`: `rows` tuples of `cols` placeholders.
+pub(super) fn values(rows: usize, cols: usize) -> String {
+    let mut out = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let p: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+        out.push(format!("({})", p.join(", ")));
+    }
+    out.join(", ")
+}
+
+/// Lines of runs' state histories (run id, state, µs, message), in multi-row statements.
+pub(super) async fn history_many(tx: &mut Tx<'_>, lines: &[(String, &str, i64, String)]) -> Result<(), sqlx::Error> {
+    for chunk in lines.chunks(1000) {
+        let sql = format!(
+            "INSERT INTO flow_run_states (flow_run_id, state, at, message) VALUES {} ON CONFLICT DO NOTHING",
+            values(chunk.len(), 4)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, state, at, message) in chunk {
+            q = q
+                .bind(id.clone())
+                .bind(state.to_string())
+                .bind(*at)
+                .bind(message.clone());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// One line of a run's state history.
