@@ -769,9 +769,8 @@ async fn late_policies_and_pause(url: &str) {
         "{left:?}"
     );
     let far = weir_types::time::now_micros() + 10_000_000;
-    assert_eq!(
+    assert!(
         scheduler::materialize(&srv.db, far).await.unwrap() > 0,
-        true,
         "the others still schedule"
     );
     let after = states("all").await;

@@ -180,14 +180,14 @@ impl Db {
         history_many(&mut tx, &lines).await?;
         let mut deployments: HashMap<String, Option<Deployment>> = HashMap::new();
         for name in claimed.iter().filter_map(|(r, _)| r.deployment.clone()) {
-            if !deployments.contains_key(&name) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = deployments.entry(name) {
                 let d = sqlx::query("SELECT * FROM deployments WHERE name = $1")
-                    .bind(name.clone())
+                    .bind(slot.key().clone())
                     .fetch_optional(&mut *tx)
                     .await?
                     .map(|row| deployment_row(&row))
                     .transpose()?;
-                deployments.insert(name, d);
+                slot.insert(d);
             }
         }
         let mut out = Vec::with_capacity(claimed.len());
