@@ -129,6 +129,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Box::pin(async { Ok(false) })
     }
 
+    /// Whether [`Backend::refresh`] makes any file young in place, whatever its age. Where
+    /// it does not (object storage re-uploads only blobs older than the age it is given),
+    /// gc keeps unreferenced blobs for at least [`crate::store::MIN_REUPLOAD_GRACE_MICROS`].
+    fn refreshes_in_place(&self) -> bool {
+        false
+    }
+
     /// Deletes `path` only if it still holds `expected`; `false` if it changed (or is gone).
     /// The default compares, then deletes: a write landing in between is lost, which
     /// backends close with a real compare-and-delete.

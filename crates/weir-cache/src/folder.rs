@@ -416,6 +416,10 @@ impl Backend for FolderBackend {
         Box::pin(std::future::ready(result))
     }
 
+    fn refreshes_in_place(&self) -> bool {
+        true
+    }
+
     fn delete_if_unchanged<'a>(
         &'a self,
         path: &'a str,

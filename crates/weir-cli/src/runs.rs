@@ -337,7 +337,7 @@ pub fn run(cmd: RunsCommand) -> anyhow::Result<()> {
 /// marked in the database already).
 fn mark_crashed(run: &mut FlowRunRecord, host: &str) {
     let unfinished = matches!(run.state, State::Running | State::Pending);
-    if unfinished && run.hostname == host && !std::path::Path::new(&format!("/proc/{}", run.pid)).exists() {
+    if unfinished && run.hostname == host && !weir_state::process_alive(run.pid, None) {
         run.state = State::Crashed;
         run.error
             .get_or_insert_with(|| format!("process {} exited before the run finished", run.pid));

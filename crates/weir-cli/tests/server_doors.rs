@@ -160,6 +160,43 @@ fn config_show_masks_the_database_password() {
 }
 
 #[test]
+fn passwords_in_a_url_query_or_in_an_api_url_are_never_printed() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    // PostgreSQL (and sqlx) also take the password as a query parameter.
+    let url = "postgres://weir@db.internal/weir?sslmode=require&password=hunter2";
+    let out = weir(h, &[("WEIR_DATABASE_URL", url)], &["config", "show", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("hunter2"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["database_url"]["value"],
+        "postgres://weir@db.internal/weir?sslmode=require&password=***"
+    );
+    // An API URL behind a proxy with basic auth: masked in `config show` and `profile ls`.
+    let api = "https://team:s3cret@weir.example.com";
+    let out = weir(h, &[], &["profile", "create", "prod", "--api-url", api]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for args in [&["profile", "ls"][..], &["config", "show"][..]] {
+        let out = weir(h, &[], args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("s3cret"), "{args:?}: {text}");
+        assert!(text.contains("team:***@weir.example.com"), "{args:?}: {text}");
+    }
+    // Nor in the error that the server cannot be reached (nothing listens on port 1).
+    let out = weir(
+        h,
+        &[("WEIR_API_URL", "http://team:s3cret@127.0.0.1:1")],
+        &["runs", "ls"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("127.0.0.1:1") && !err.contains("s3cret"), "{err}");
+}
+
+#[test]
 fn a_key_sent_over_plain_http_to_another_host_is_warned_about_once() {
     let home = tempfile::tempdir().unwrap();
     // TEST-NET-1 (RFC 5737): never a real host, so the command fails after the warning.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use weir_types::config::redact_url;
 use weir_types::{Event, FlowRunId, FlowRunRecord, LogRecord, TaskRunRecord};
 
 /// The error body the server sends.
@@ -39,6 +40,9 @@ pub enum ClientError {
     },
     #[error("unexpected answer from {url}: {message}")]
     Decode { url: String, message: String },
+    /// A block cannot be used as asked (wrong type for the purpose, bad address).
+    #[error("{0}")]
+    Block(String),
 }
 
 impl ClientError {
@@ -111,6 +115,8 @@ fn warn_key_in_clear(base: &str) {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// `base` with any password masked, for messages.
+    shown: String,
     key: Option<String>,
 }
 
@@ -131,34 +137,44 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|source| ClientError::Transport {
-                url: base.clone(),
+                url: redact_url(&base),
                 source,
             })?;
         let key = api_key.filter(|k| !k.is_empty());
         if key.is_some() && key_in_clear(&base) {
-            warn_key_in_clear(&base);
+            warn_key_in_clear(&redact_url(&base));
         }
-        Ok(Client { http, base, key })
+        let shown = redact_url(&base);
+        Ok(Client { http, base, shown, key })
     }
 
+    /// The server's address for messages (any password in it masked).
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.shown
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
+        let body = self.send_raw(req, url).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            url: redact_url(url),
+            message: e.to_string(),
+        })
+    }
+
+    /// Sends, and answers the body of a successful answer (an error answer as an error).
+    async fn send_raw(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, ClientError> {
         let req = match &self.key {
             Some(k) => req.bearer_auth(k),
             None => req,
         };
-        let resp = req.send().await.map_err(|source| ClientError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
+        // Messages name the URL without its password (an API URL may carry basic auth).
+        let unreachable = |source: reqwest::Error| ClientError::Transport {
+            url: redact_url(url),
+            source: source.without_url(),
+        };
+        let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|source| ClientError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
+        let body = resp.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             #[derive(Deserialize)]
             struct Wrapper {
@@ -176,10 +192,7 @@ impl Client {
                 detail,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
-            url: url.to_string(),
-            message: e.to_string(),
-        })
+        Ok(body.to_vec())
     }
 
     /// Records events (run snapshots, states, logs). Retrying a batch is safe.
@@ -299,6 +312,9 @@ impl Client {
         }
     }
 }
+
+mod blocks;
+pub use blocks::ResolvedStore;
 
 #[cfg(test)]
 mod tests {

@@ -71,6 +71,11 @@ async fn query_errors(base: &str) {
         (&format!("/flow_runs/{f}/logs?limit=x"), "limit"),
         ("/flows?limit=0", "limit"),
         ("/variables?cursor=a&extra=1", "extra"),
+        // Path parameters too: bytes that are not UTF-8 once decoded.
+        ("/flow_runs/%FF", "id"),
+        ("/flow_runs/%C3%28/logs", "id"),
+        ("/task_runs/%FF", "id"),
+        ("/variables/%FF", "name"),
     ] {
         let r = c.get(format!("{base}{url}")).send().await.unwrap();
         let status = r.status();
@@ -688,6 +693,44 @@ async fn orchestration(base: &str) {
     );
     let (s, _) = get(&c, format!("{base}/flow_runs/{ghost}")).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "nothing was made up for the unknown run");
+
+    // Log lines and states naming an unknown task run, or no run at all, are refused too;
+    // a task run's state contradicting its final state is a conflict.
+    let done = TaskRunId::new();
+    let mut completed_task = task(done, f, "Completed");
+    completed_task["ended_at"] = json!(6);
+    let ghost_task = TaskRunId::new();
+    let (_, r) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [
+            {"kind": "task_run", "record": completed_task},
+            {"kind": "log", "record": {"flow_run_id": f, "task_run_id": ghost_task, "at": 3, "level": "INFO", "target": "app", "message": "ghost task"}},
+            {"kind": "log", "record": {"flow_run_id": null, "task_run_id": ghost_task, "at": 3, "level": "INFO", "target": "app", "message": "ghost task"}},
+            {"kind": "log", "record": {"flow_run_id": null, "task_run_id": null, "at": 3, "level": "INFO", "target": "app", "message": "nobody's"}},
+            {"kind": "state", "record": {"flow_run_id": f, "task_run_id": done, "state": "Running", "at": 7, "message": null}},
+            {"kind": "log", "record": {"flow_run_id": f, "task_run_id": done, "at": 3, "level": "INFO", "target": "app", "message": "task line"}},
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        codes(&r),
+        vec![
+            (1, "not_found".into()),
+            (2, "not_found".into()),
+            (3, "not_found".into()),
+            (4, "conflict".into())
+        ],
+        "{r}"
+    );
+    let (_, logs) = get(&c, format!("{base}/flow_runs/{f}/logs")).await;
+    let lines: Vec<&str> = logs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, vec!["kept", "task line"], "{logs}");
     let (_, logs) = get(&c, format!("{base}/flow_runs/{f}/logs")).await;
     assert_eq!(logs["items"][0]["message"], "kept");
 
@@ -734,6 +777,76 @@ async fn orchestration(base: &str) {
     );
     let (s, e) = post(&c, format!("{base}/flow_runs/{g}/state"), json!({"state": "Pending"})).await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
+}
+
+/// Requests racing on one run: a late `Running` snapshot read the run before the final
+/// state landed, so only the rule repeated in the upsert's `WHERE` can stop it.
+async fn racing_snapshots(base: &str) {
+    const ROUNDS: usize = 12;
+    const RACERS: usize = 6;
+    let c = reqwest::Client::new();
+    let mut moved_back = 0;
+    for round in 0..ROUNDS {
+        let f = FlowRunId::new();
+        let t = TaskRunId::new();
+        let (s, _) = post(
+            &c,
+            format!("{base}/events"),
+            json!({"events": [
+                {"kind": "flow_run", "record": flow(f, "race", "Running", 1, &[])},
+                {"kind": "task_run", "record": task(t, f, "Running")},
+            ]}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(RACERS));
+        let threads: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (barrier, url) = (barrier.clone(), format!("{base}/events"));
+                let (mut fr, mut tr) = (flow(f, "race", "Running", 1, &[]), task(t, f, "Running"));
+                if i == 0 {
+                    fr = flow(f, "race", "Completed", 1, &[]);
+                    fr["ended_at"] = json!(9);
+                    tr = task(t, f, "Completed");
+                    tr["ended_at"] = json!(9);
+                }
+                let body = json!({"events": [{"kind": "flow_run", "record": fr}, {"kind": "task_run", "record": tr}]});
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    let c = reqwest::Client::new();
+                    // Connected before the barrier, so the requests themselves race.
+                    rt.block_on(c.get(url.replace("/events", "/flows")).send()).unwrap();
+                    barrier.wait();
+                    rt.block_on(c.post(url).json(&body).send()).unwrap().status()
+                })
+            })
+            .collect();
+        for th in threads {
+            assert_eq!(th.join().unwrap(), StatusCode::OK);
+        }
+        let (_, run) = get(&c, format!("{base}/flow_runs/{f}")).await;
+        let (_, tr) = get(&c, format!("{base}/task_runs/{t}")).await;
+        if run["state"] != "Completed" || tr["state"] != "Completed" {
+            moved_back += 1;
+            eprintln!("round {round}: flow {} task {}", run["state"], tr["state"]);
+        }
+    }
+    assert_eq!(moved_back, 0, "a final state was overwritten by a late snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_snapshots_never_move_a_run_back_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    racing_snapshots(&start(&format!("sqlite://{}", dir.path().join("s.db").display()), None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_snapshots_never_move_a_run_back_on_postgres() {
+    let Some(pg) = Pg::start() else { return };
+    racing_snapshots(&start(&pg.url(), None).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

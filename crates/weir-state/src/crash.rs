@@ -11,32 +11,42 @@ use weir_types::{FlowRunId, State};
 
 use crate::db::{StateDb, StateError};
 
+/// Process `pid`'s state letter (field 3 of `/proc/PID/stat`) and start time (field 22,
+/// clock ticks since boot), or `None` if there is no such process (or no `/proc`).
+fn stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may itself hold spaces and ')'.
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    // `rest` starts at field 3 (the state), so field 22 is its 20th word.
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
+}
+
 /// When process `pid` started (clock ticks since boot), or `None` if there is no such process
 /// (or no `/proc` to ask).
 pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may itself hold spaces and ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // `rest` starts at field 3 (the state), so field 22 is its 20th word.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat(pid).map(|(_, start)| start)
 }
 
-/// Whether the process that recorded a run (`pid`, started at `start`) still runs.
+/// Whether the process that recorded a run (`pid`, started at `start`) still runs. A zombie
+/// (killed or exited, not yet reaped by its parent, which may be never) does not.
 /// Without a recorded start time (older records), a live pid counts as alive.
 pub fn process_alive(pid: u32, start: Option<u64>) -> bool {
-    match (process_start_time(pid), start) {
+    match (stat(pid), start) {
         (None, _) => false,
-        (Some(now), Some(then)) => now == then,
+        (Some(('Z' | 'X' | 'x', _)), _) => false,
+        (Some((_, now)), Some(then)) => now == then,
         (Some(_), None) => true,
     }
 }
 
 /// What made a run count as crashed (for its error text).
 fn why(pid: u32, start: Option<u64>) -> String {
-    if process_start_time(pid).is_some() && start.is_some() {
-        format!("process {pid} exited before the run finished (its pid now belongs to another process)")
-    } else {
-        format!("process {pid} exited before the run finished")
+    match (process_start_time(pid), start) {
+        (Some(now), Some(then)) if now != then => {
+            format!("process {pid} exited before the run finished (its pid now belongs to another process)")
+        }
+        _ => format!("process {pid} exited before the run finished"),
     }
 }
 

@@ -153,3 +153,41 @@ fn a_reused_pid_does_not_keep_a_dead_run_running() {
     let run = db.flow_run(reused).unwrap().unwrap();
     assert!(run.error.unwrap().contains("now belongs to another process"));
 }
+
+#[test]
+fn a_killed_process_not_yet_reaped_by_its_parent_is_dead() {
+    // A zombie keeps its /proc entry, start time included, until its parent waits for it
+    // (forever under an init that never reaps, as in many containers): it runs no more.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.db");
+    let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+    let pid = child.id();
+    let start = process_start_time(pid).expect("the child runs");
+    let writer = Writer::start(&path).unwrap();
+    let id = FlowRunId::new();
+    writer.send(Event::FlowRun(running(id, pid)));
+    futures::executor::block_on(writer.flush()).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE flow_runs SET pid_start = ?2 WHERE id = ?1",
+        rusqlite::params![id.to_string(), start as i64],
+    )
+    .unwrap();
+    let mut db = StateDb::open_existing(&path).unwrap();
+    assert!(db.mark_crashed_runs(&host()).unwrap().is_empty(), "alive: not crashed");
+
+    child.kill().unwrap();
+    // Killed, not reaped: wait until the kernel shows it as a zombie.
+    let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stat().contains(") Z ") {
+        assert!(std::time::Instant::now() < deadline, "{}", stat());
+        std::thread::yield_now();
+    }
+    assert_eq!(process_start_time(pid), Some(start), "a zombie keeps its start time");
+    assert_eq!(db.mark_crashed_runs(&host()).unwrap(), vec![id]);
+    assert_eq!(crashed(&db), vec![id]);
+    let error = db.flow_run(id).unwrap().unwrap().error.unwrap();
+    assert!(!error.contains("another process"), "its own pid still: {error}");
+    child.wait().unwrap();
+}

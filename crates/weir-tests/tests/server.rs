@@ -198,15 +198,32 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Non-empty spool files under `$WEIR_HOME/spool/<server>/`.
 fn spool_files(home: &Path) -> Vec<(std::path::PathBuf, u64)> {
-    std::fs::read_dir(home.join("spool"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| (e.path(), e.metadata().unwrap().len()))
-                .filter(|(_, len)| *len > 0)
-                .collect()
+    let servers = std::fs::read_dir(home.join("spool"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_else(|_| Vec::new());
+    servers
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .map(|e| (e.path(), e.metadata().unwrap().len()))
+        .filter(|(_, len)| *len > 0)
+        .collect()
+}
+
+/// The spool folder of the server at `api` (`http://127.0.0.1:4200`).
+fn spool_dir(home: &Path, api: &str) -> std::path::PathBuf {
+    let folder: String = format!("{}/api/v1", api.trim_start_matches("http://"))
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
         })
-        .unwrap_or_default()
+        .collect();
+    home.join("spool").join(folder)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,10 +245,11 @@ async fn with_the_server_down_runs_are_spooled_and_the_next_process_delivers_the
     let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(took < Duration::from_secs(20), "the flow's exit waited {took:?}");
+    assert!(took < Duration::from_secs(13), "the flow's exit waited {took:?}");
     assert!(stderr.contains("unreachable") && stderr.contains("spool"), "{stderr}");
     let spooled = spool_files(home.path());
     assert_eq!(spooled.len(), 1, "{spooled:?}");
+    assert!(spooled[0].0.starts_with(spool_dir(home.path(), &api)), "{spooled:?}");
 
     // Back on the same port. The next process delivers the first one's spool.
     let (_server, again) = ServerProcess::start(&db, &addr);
@@ -286,7 +304,7 @@ async fn one_refused_event_does_not_lose_the_rest_of_its_batch() {
         log("kept"),
         completed,
     ];
-    let spool = home.path().join("spool");
+    let spool = spool_dir(home.path(), &api);
     std::fs::create_dir_all(&spool).unwrap();
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(spool.join("1-1-dead.jsonl"), text).unwrap();
@@ -355,4 +373,72 @@ async fn a_flow_faster_than_the_server_waits_for_room_and_loses_nothing() {
     let tasks = client.task_runs(runs[0].id).await.unwrap();
     assert_eq!(tasks.len(), 15_000);
     assert!(tasks.iter().all(|t| t.state == State::Completed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_accepts_but_never_answers_holds_a_flow_s_exit_at_most_the_flush_wait() {
+    // A hung server (a stuck proxy, a server whose database hangs): connections are
+    // accepted (the kernel's backlog) but no request is ever answered.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", hung.local_addr().unwrap());
+    let home = tempfile::tempdir().unwrap();
+    let (h, a) = (home.path().to_path_buf(), api.clone());
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["run", "51"]))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // README: a flow's end waits at most 10 s for an unreachable server (plus the
+    // process's own start and a little slack, far less than another request timeout).
+    assert!(
+        took < Duration::from_secs(13),
+        "the flow's exit waited {took:?}: {stderr}"
+    );
+    assert!(stderr.contains("unreachable") && stderr.contains("spool"), "{stderr}");
+    let spooled = spool_files(home.path());
+    assert_eq!(spooled.len(), 1, "every event is in the spool: {spooled:?}");
+    drop(hung);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_goes_to_the_server_it_was_meant_for_not_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let (x, x_addr) = ServerProcess::start(&db, "127.0.0.1:0");
+    let x_api = format!("http://{x_addr}");
+    x.stop();
+    let home = tempfile::tempdir().unwrap();
+    let (h, a) = (home.path().to_path_buf(), x_api.clone());
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["run", "61"]))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
+
+    // The same home now reports to another server: it must not receive X's runs.
+    let (y_api, _y_db) = server(None).await;
+    let (h, a) = (home.path().to_path_buf(), y_api.clone());
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["run", "62"]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let params = |runs: Vec<weir_types::FlowRunRecord>| {
+        let mut p: Vec<u64> = runs.iter().map(|r| r.parameters["n"].as_u64().unwrap()).collect();
+        p.sort();
+        p
+    };
+    let y = weir_client::Client::new(&y_api, None).unwrap();
+    assert_eq!(params(y.flow_runs(&[]).await.unwrap().items), vec![62]);
+
+    // X is back: the next process reporting to it delivers X's spool.
+    let (_x, again) = ServerProcess::start(&db, &x_addr);
+    assert_eq!(again, x_addr);
+    let (h, a) = (home.path().to_path_buf(), x_api.clone());
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["run", "63"]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let x = weir_client::Client::new(&x_api, None).unwrap();
+    assert_eq!(params(x.flow_runs(&[]).await.unwrap().items), vec![61, 63]);
 }

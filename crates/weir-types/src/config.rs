@@ -56,7 +56,9 @@ impl ResultsConfig {
         let location = crate::profile::lookup(&paths.home, "results")
             .map(|(v, _)| v)
             .unwrap_or_else(|| paths.results_dir.display().to_string());
-        let remote = location.contains("://") && !location.starts_with("file://");
+        // A store named by an s3-bucket block is as remote as its s3:// URL.
+        let remote =
+            (location.contains("://") && !location.starts_with("file://")) || location.starts_with("block:s3-bucket/");
         let dir = match crate::profile::lookup(&paths.home, "local_cache").map(|(v, _)| std::ffi::OsString::from(v)) {
             Some(v) if v == "none" || v == "off" => None,
             Some(v) => Some(PathBuf::from(v)),
@@ -81,18 +83,49 @@ pub fn env_flag(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// A URL with its password replaced by `***` (`postgres://u:***@host/db`), for printing.
+/// A URL with its passwords replaced by `***`, for printing: the one in its user info
+/// (`postgres://u:***@host/db`) and any `password=` query parameter, which PostgreSQL
+/// clients accept too (`postgres://u@host/db?password=***`).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
+    let Some(s) = url.find("://") else {
+        return url.to_string();
+    };
+    // The last '@': a password may hold a raw '@' (over-masking beats printing a secret).
+    let (mut out, rest_from) = match url.rfind('@') {
+        Some(at) if at > s => {
             let creds = &url[s + 3..at];
             match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
+                Some((user, _)) => (format!("{}{user}:***", &url[..s + 3]), at),
+                None => (url[..at].to_string(), at),
             }
         }
-        _ => url.to_string(),
+        _ => (String::new(), 0),
+    };
+    let rest = &url[rest_from..];
+    let Some(q) = rest.find('?') else {
+        out.push_str(rest);
+        return out;
+    };
+    out.push_str(&rest[..=q]);
+    let (query, fragment) = match rest[q + 1..].split_once('#') {
+        Some((query, f)) => (query, Some(f)),
+        None => (&rest[q + 1..], None),
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if matches!(k.to_ascii_lowercase().as_str(), "password" | "sslpassword") => {
+                format!("{k}=***")
+            }
+            _ => p.to_string(),
+        })
+        .collect();
+    out.push_str(&params.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
     }
+    out
 }
 
 #[cfg(test)]
@@ -104,5 +137,18 @@ mod tests {
         assert_eq!(redact_url("postgres://u:p@ss@h/d"), "postgres://u:***@h/d");
         assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
         assert_eq!(redact_url("sqlite:///a@b/x.db"), "sqlite:///a@b/x.db");
+        assert_eq!(
+            redact_url("postgres://u@h/d?sslmode=require&password=p&PassWord=q"),
+            "postgres://u@h/d?sslmode=require&password=***&PassWord=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@h/d?password=p"),
+            "postgres://u:***@h/d?password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://h/d?password=p#x"),
+            "postgres://h/d?password=***#x"
+        );
+        assert_eq!(redact_url("/plain/path"), "/plain/path");
     }
 }

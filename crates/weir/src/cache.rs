@@ -19,6 +19,9 @@ use crate::task::{CachePolicy, TaskSpec};
 pub struct KeyMaterial {
     inputs: Vec<(&'static str, [u8; 32])>,
     custom: Option<[u8; 32]>,
+    /// Files keyed by their contents: a result is stored under this key only if they still
+    /// hold those contents after the task ran (see [`KeyMaterial::files_unchanged`]).
+    files: Vec<weir_cache::canonical::KeyedFile>,
 }
 
 /// An input that could not be hashed (its `Serialize` impl failed).
@@ -37,7 +40,11 @@ impl KeyMaterial {
             .into_iter()
             .map(|(name, d)| d.map(|d| (name, d)).map_err(|source| KeyError { input: name, source }))
             .collect::<Result<_, _>>()?;
-        Ok(KeyMaterial { inputs, custom: None })
+        Ok(KeyMaterial {
+            inputs,
+            custom: None,
+            files: Vec::new(),
+        })
     }
 
     /// From the digest of a user key function's result.
@@ -46,7 +53,30 @@ impl KeyMaterial {
         Ok(KeyMaterial {
             inputs: Vec::new(),
             custom: Some(d),
+            files: Vec::new(),
         })
+    }
+
+    /// Runs `make` (which digests the inputs, on this thread) and remembers the files it
+    /// keyed by their contents.
+    pub fn recording_files(make: impl FnOnce() -> Result<KeyMaterial, KeyError>) -> Result<KeyMaterial, KeyError> {
+        let (material, files) = weir_cache::canonical::recording_files(make);
+        material.map(|m| KeyMaterial { files, ..m })
+    }
+
+    /// Whether every file input still holds the contents this key was computed from; the
+    /// first that does not otherwise. A task reads its input files when it runs, which may
+    /// be long after its call was keyed: a file rewritten meanwhile gave a result of other
+    /// contents, which must not be stored under this key. Hashes files again only if they
+    /// changed (or changed just before they were keyed), so run on the blocking pool.
+    pub(crate) async fn files_unchanged(&self) -> Result<(), std::path::PathBuf> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        let files = self.files.clone();
+        tokio::task::spawn_blocking(move || weir_cache::canonical::files_unchanged(&files))
+            .await
+            .unwrap_or_else(|_| Err(std::path::PathBuf::new()))
     }
 
     pub(crate) fn parts<'a>(&'a self, spec: &'a TaskSpec) -> KeyParts<'a> {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use weir_client::{Client, ClientError};
 use weir_types::{Event, FlowRunId};
@@ -49,20 +49,31 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 #[allow(clippy::large_enum_variant)]
 enum Msg {
     Event(Option<FlowRunId>, Event),
-    Flush(Option<FlowRunId>, oneshot::Sender<Result<(), String>>),
+    /// A flush, with its deadline (counted from the moment the flow asked).
+    Flush(Option<FlowRunId>, Instant, oneshot::Sender<Result<(), String>>),
 }
+
+/// The deadlines of flushes sent but not yet taken by the reporter. A request in flight
+/// (which may hang up to [`REQUEST_TIMEOUT`]) is cut at the earliest, so a flush arriving
+/// behind it still waits at most [`FLUSH_WAIT`].
+type Pending = watch::Sender<Vec<Instant>>;
 
 pub(crate) struct HttpTransport {
     tx: mpsc::Sender<Msg>,
+    pending: std::sync::Arc<Pending>,
 }
 
 impl HttpTransport {
+    /// `spool_dir` holds one folder per server (see [`server_folder`]).
     pub fn start(client: Client, spool_dir: PathBuf) -> std::io::Result<HttpTransport> {
+        let spool_dir = spool_dir.join(server_folder(client.base_url()));
         let (tx, rx) = mpsc::channel(QUEUE);
+        let pending = std::sync::Arc::new(watch::Sender::new(Vec::new()));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let reporter = Reporter {
             client,
             rx,
+            pending: std::sync::Arc::clone(&pending),
             batch: Vec::new(),
             batch_bytes: 0,
             waiters: Vec::new(),
@@ -77,7 +88,7 @@ impl HttpTransport {
         std::thread::Builder::new()
             .name("weir-api-reporter".into())
             .spawn(move || rt.block_on(reporter.run()))?;
-        Ok(HttpTransport { tx })
+        Ok(HttpTransport { tx, pending })
     }
 }
 
@@ -99,8 +110,11 @@ impl Transport for HttpTransport {
     fn flush(&self, root: Option<FlowRunId>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let (done, wait) = oneshot::channel();
+            let deadline = Instant::now() + FLUSH_WAIT;
+            // Before the message: the reporter may be stuck in a request, with the queue full.
+            self.pending.send_modify(|p| p.push(deadline));
             self.tx
-                .send(Msg::Flush(root, done))
+                .send(Msg::Flush(root, deadline, done))
                 .await
                 .map_err(|_| "the server reporter has stopped".to_string())?;
             wait.await
@@ -132,6 +146,7 @@ enum PostError {
 struct Reporter {
     client: Client,
     rx: mpsc::Receiver<Msg>,
+    pending: std::sync::Arc<Pending>,
     batch: Vec<Item>,
     batch_bytes: usize,
     waiters: Vec<Waiter>,
@@ -220,11 +235,14 @@ impl Reporter {
                 }
                 Err(e) => self.lose_one(root, &format!("an event could not be encoded: {e}")),
             },
-            Msg::Flush(root, done) => self.waiters.push(Waiter {
-                root,
-                deadline: Instant::now() + FLUSH_WAIT,
-                done,
-            }),
+            Msg::Flush(root, deadline, done) => {
+                self.pending.send_modify(|p| {
+                    if let Some(i) = p.iter().position(|d| *d == deadline) {
+                        p.swap_remove(i);
+                    }
+                });
+                self.waiters.push(Waiter { root, deadline, done });
+            }
         }
     }
 
@@ -370,7 +388,7 @@ impl Reporter {
             let part = &items[start..end];
             match self.post(part.iter().map(|i| i.json.as_slice()), deadline).await {
                 Ok(()) => {}
-                Err(ClientError::Api { status, detail }) if status == 422 || status == 413 => {
+                Err(Failure::Client(ClientError::Api { status, detail })) if status == 422 || status == 413 => {
                     if part.len() == 1 {
                         self.refused(&part[0], status, &detail.message, deadline).await?;
                         continue;
@@ -396,8 +414,7 @@ impl Reporter {
                     }
                     ranges.retain(|(s, e)| s < e);
                 }
-                Err(e) if e.is_transient() => return Err(PostError::Transient(e.to_string())),
-                Err(e) => return Err(PostError::Permanent(e.to_string())),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -419,8 +436,11 @@ impl Reporter {
                         );
                         return Ok(());
                     }
-                    Err(e) if e.is_transient() => return Err(PostError::Transient(e.to_string())),
-                    Err(_) => {}
+                    Err(e) => {
+                        if let PostError::Transient(e) = e.into() {
+                            return Err(PostError::Transient(e));
+                        }
+                    }
                 }
             }
         }
@@ -431,11 +451,7 @@ impl Reporter {
         Ok(())
     }
 
-    async fn post<'a>(
-        &self,
-        events: impl Iterator<Item = &'a [u8]>,
-        deadline: Option<Instant>,
-    ) -> Result<(), ClientError> {
+    async fn post<'a>(&self, events: impl Iterator<Item = &'a [u8]>, deadline: Option<Instant>) -> Result<(), Failure> {
         let mut body = Vec::with_capacity(MAX_BATCH_BYTES / 4);
         body.extend_from_slice(b"{\"events\":[");
         for (i, e) in events.enumerate() {
@@ -452,11 +468,51 @@ impl Reporter {
                     .max(Duration::from_millis(100))
             })
             .map_or(REQUEST_TIMEOUT, |left| left.min(REQUEST_TIMEOUT));
-        let result = self.client.post_events_json(body, timeout).await?;
+        let request = self.client.post_events_json(body, timeout);
+        let result = tokio::select! {
+            r = request => r.map_err(Failure::Client)?,
+            () = flush_deadline(self.pending.subscribe()) => return Err(Failure::Cut),
+        };
         for r in &result.rejected {
             tracing::warn!(target: "weir::remote", "the server refused a state change: {}", r.message);
         }
         Ok(())
+    }
+}
+
+/// Why one request delivered nothing.
+enum Failure {
+    Client(ClientError),
+    /// A flush's deadline passed while the request was in flight.
+    Cut,
+}
+
+impl From<Failure> for PostError {
+    fn from(f: Failure) -> PostError {
+        match f {
+            Failure::Client(e) if e.is_transient() => PostError::Transient(e.to_string()),
+            Failure::Client(e) => PostError::Permanent(e.to_string()),
+            Failure::Cut => PostError::Transient("no answer before a flush's deadline".into()),
+        }
+    }
+}
+
+/// Resolves at the earliest deadline of the flushes not yet taken by the reporter.
+async fn flush_deadline(mut pending: watch::Receiver<Vec<Instant>>) {
+    loop {
+        let earliest = pending.borrow_and_update().iter().min().copied();
+        let changed = async {
+            if pending.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        match earliest {
+            Some(at) => tokio::select! {
+                () = tokio::time::sleep_until(at) => return,
+                () = changed => {}
+            },
+            None => changed.await,
+        }
     }
 }
 
@@ -513,6 +569,27 @@ fn encode(event: Event) -> Result<Vec<u8>, serde_json::Error> {
         return Ok(json);
     }
     serde_json::to_vec(&shrink(event, json.len()))
+}
+
+/// The spool folder of one server: its address (`127.0.0.1_4200_api_v1`), without scheme
+/// or user info. Spools are per server so that events spooled for one server are never
+/// delivered to another by a process reporting there.
+pub(crate) fn server_folder(base: &str) -> String {
+    let rest = base.split_once("://").map_or(base, |(_, r)| r);
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    rest.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// This process's spool file: created when first needed, locked while the process lives.

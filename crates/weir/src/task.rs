@@ -791,6 +791,19 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
             ),
         }
     }
+    // The result is of the files as the body read them: if one no longer holds what the key
+    // was computed from (rewritten after the call was made, or while it ran), storing the
+    // result would hand it to callers whose files hold the old contents.
+    if publish_plan.is_some()
+        && let Some(Ok(material)) = parts.codec.as_ref().map(|c| &c.key)
+        && let Err(changed) = material.files_unchanged().await
+    {
+        in_scope(
+            &task_scope,
+            || tracing::warn!(target: "weir::cache", "input file {} changed after this call was keyed; its result is not cached", changed.display()),
+        );
+        publish_plan = None;
+    }
     let value = match (&parts.codec, publish_plan, &engine.store) {
         // An in-memory result nobody else can publish first (we hold the key's lease, or
         // replace): published after the task returns, while its flow goes on (see

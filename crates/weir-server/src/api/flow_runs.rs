@@ -1,7 +1,7 @@
 //! `/flow_runs`: listing, recording, reading and moving flow runs through their states.
 
 use axum::Json;
-use axum::extract::{Path, State as AxState};
+use axum::extract::State as AxState;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -10,7 +10,7 @@ use weir_types::{Event, FlowRunId, FlowRunRecord, State, StateRecord};
 
 use super::AppState;
 use super::events::validate;
-use super::params::{ApiQuery, check_text, id_param, in_range, state_param};
+use super::params::{ApiPath as Path, ApiQuery, check_text, id_param, in_range, state_param};
 use crate::db::FlowRunFilter;
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiJson;

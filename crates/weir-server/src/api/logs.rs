@@ -1,7 +1,7 @@
 //! `/flow_runs/{id}/logs`: a flow run's log lines, in order, optionally waiting for more.
 
 use axum::Json;
-use axum::extract::{Path, State as AxState};
+use axum::extract::State as AxState;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use weir_types::{FlowRunId, LogRecord};
 
 use super::AppState;
-use super::params::{ApiQuery, id_param, in_range};
+use super::params::{ApiPath as Path, ApiQuery, id_param, in_range};
 use crate::error::{ApiError, ErrorBody};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {

@@ -2,9 +2,10 @@
 //!
 //! One module per resource, each owning its routes, request and response types and
 //! handlers: [`events`], [`flow_runs`], [`task_runs`], [`logs`], [`flows`], [`variables`],
-//! [`deployments`], [`workers`] (claims, heartbeats, worker reports, pools);
+//! [`deployments`], [`workers`] (claims, heartbeats, worker reports, pools), [`blocks`];
 //! [`params`] holds what they share for reading query and path parameters.
 
+pub mod blocks;
 pub mod deployments;
 pub mod events;
 pub mod flow_runs;
@@ -47,6 +48,10 @@ pub struct AppState {
     /// Asks the scheduler for a tick now (a deployment changed, a run crashed).
     pub kick: Arc<Notify>,
     pub opts: Arc<Options>,
+    /// Encrypts blocks' secret fields.
+    pub secret_key: crate::secrets::SecretKey,
+    /// Every request presented the API key (the server has one): secrets may be revealed.
+    pub api_key_set: bool,
 }
 
 impl AppState {
@@ -62,7 +67,15 @@ impl AppState {
             wake: Default::default(),
             kick: Default::default(),
             opts: Arc::new(opts),
+            secret_key: crate::secrets::SecretKey::random(),
+            api_key_set: false,
         }
+    }
+
+    /// With this key for blocks' secret fields (instead of a random one).
+    pub fn with_secret_key(mut self, key: crate::secrets::SecretKey) -> AppState {
+        self.secret_key = key;
+        self
     }
 
     /// Starts what runs beside the handlers: the scheduler and, on PostgreSQL, the listener
@@ -120,4 +133,5 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(variables::routes())
         .merge(deployments::routes())
         .merge(workers::routes())
+        .merge(blocks::routes())
 }

@@ -92,3 +92,33 @@ pub(crate) fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
         v => Ok(v),
     }
 }
+
+/// Path parameters with the same JSON 422 as query parameters (axum's `Path` answers a
+/// plain-text 400, for bytes that are not UTF-8 say). Imported as `Path` by the handlers.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::path::{ErrorKind, Path};
+        use axum::extract::rejection::PathRejection;
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let field = match e.kind() {
+                    ErrorKind::InvalidUtf8InPathParam { key }
+                    | ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::DeserializeError { key, .. } => Some(key.clone()),
+                    _ => None,
+                };
+                let shown = field.as_deref().unwrap_or("the path");
+                Err(ApiError::invalid(
+                    format!("path parameter {shown}: {}", e.body_text()),
+                    field,
+                ))
+            }
+            Err(e) => Err(ApiError::invalid(e.body_text(), None)),
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! `/task_runs`: listing and reading task runs.
 
 use axum::Json;
-use axum::extract::{Path, State as AxState};
+use axum::extract::State as AxState;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use weir_types::{TaskRunId, TaskRunRecord};
 
 use super::AppState;
-use super::params::{ApiQuery, id_param, in_range, state_param};
+use super::params::{ApiPath as Path, ApiQuery, id_param, in_range, state_param};
 use crate::error::{ApiError, ErrorBody};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {

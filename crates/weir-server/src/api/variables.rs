@@ -1,7 +1,7 @@
 //! `/variables`: small named JSON values.
 
 use axum::Json;
-use axum::extract::{Path, State as AxState};
+use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::params::{ApiQuery, NamePageQuery, in_range};
+use super::params::{ApiPath as Path, ApiQuery, NamePageQuery, in_range};
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiJson;
 

@@ -177,12 +177,9 @@ impl Db {
                     d => refuse(i, d),
                 },
                 Event::State(s) => match (s.flow_run_id, s.task_run_id) {
-                    // Task run states travel inside task run snapshots: only check the run.
-                    (_, Some(t)) => {
-                        if !tasks.contains_key(&t) {
-                            refuse(i, decide_state(None, s.state));
-                        }
-                    }
+                    // Task run states travel inside task run snapshots: only judge the
+                    // state (nothing is written for it).
+                    (_, Some(t)) => refuse(i, decide_state(tasks.get(&t).map(|(state, _)| *state), s.state)),
                     (Some(f), None) => match decide_state(flows.get(&f).copied(), s.state) {
                         Decision::Write => plan.history.push(HistoryRow {
                             flow_run_id: f,
@@ -201,12 +198,28 @@ impl Db {
                         },
                     ),
                 },
-                Event::Log(l) => match l.flow_run_id {
-                    Some(f) if !flows.contains_key(&f) => refuse(
+                // A line belongs to a known run: its flow run, its task run (a task called
+                // outside any flow has only that), or both.
+                Event::Log(l) => match (l.flow_run_id, l.task_run_id) {
+                    (Some(f), _) if !flows.contains_key(&f) => refuse(
                         i,
                         Decision::Reject {
                             code: "not_found",
                             message: format!("no flow run {f} (send its snapshot first)"),
+                        },
+                    ),
+                    (_, Some(t)) if !tasks.contains_key(&t) => refuse(
+                        i,
+                        Decision::Reject {
+                            code: "not_found",
+                            message: format!("no task run {t} (send its snapshot first)"),
+                        },
+                    ),
+                    (None, None) => refuse(
+                        i,
+                        Decision::Reject {
+                            code: "not_found",
+                            message: "a log line names no run".into(),
                         },
                     ),
                     _ => plan.logs.push(l),
@@ -256,6 +269,7 @@ impl Db {
             .filter_map(|e| match e {
                 Event::TaskRun(r) => Some(r.id),
                 Event::State(s) => s.task_run_id,
+                Event::Log(l) => l.task_run_id,
                 _ => None,
             })
             .map(|id| id.to_string())
