@@ -28,6 +28,12 @@ pub enum ServerCommand {
         /// The PEM private key of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// A worker silent this long is dead and its runs are marked Crashed (`15s`, `1m`).
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        heartbeat_timeout: std::time::Duration,
+        /// A scheduled run not claimed this long after it was due is Late (`30s`).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        late_after: std::time::Duration,
     },
     /// Re-encrypt every block secret with a new key, in one transaction; stop the server
     /// first. The current key is WEIR_SECRET_KEY or the key file WEIR_HOME/secret.key, which
@@ -97,14 +103,16 @@ fn rotate(new_key_file: PathBuf) -> anyhow::Result<()> {
 }
 
 pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
-    let (host, port, insecure, tls_cert, tls_key) = match cmd {
+    let (host, port, insecure, tls_cert, tls_key, heartbeat_timeout, late_after) = match cmd {
         ServerCommand::Start {
             host,
             port,
             insecure,
             tls_cert,
             tls_key,
-        } => (host, port, insecure, tls_cert, tls_key),
+            heartbeat_timeout,
+            late_after,
+        } => (host, port, insecure, tls_cert, tls_key, heartbeat_timeout, late_after),
         ServerCommand::RotateSecretKey { new_key_file } => return rotate(new_key_file),
     };
     let paths = Paths::from_env();
@@ -133,6 +141,11 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
         api_key: weir_types::profile::try_lookup(&paths.home, "api_key")?.map(|(k, _)| k),
         tls,
         secret_key: Some(key),
+        scheduler: weir_server::scheduler::Options {
+            heartbeat_timeout,
+            late_after,
+            ..Default::default()
+        },
     };
     let shown_db = redact_url(&database_url);
     let rt = tokio::runtime::Runtime::new()?;
@@ -141,4 +154,12 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
         println!("weir server listening on {scheme}://{addr} (database: {shown_db})");
     }))?;
     Ok(())
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = weir_types::duration::parse(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
 }

@@ -14,6 +14,7 @@ mod auth;
 pub mod db;
 pub mod error;
 pub mod json;
+pub mod scheduler;
 pub mod secrets;
 
 use std::future::Future;
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Serve HTTPS with this certificate instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// The scheduler's and claims' settings (heartbeat timeout, late grace period).
+    pub scheduler: scheduler::Options,
     /// Encrypts blocks' secret fields; `None`: a random key for this run only (tests).
     pub secret_key: Option<secrets::SecretKey>,
 }
@@ -84,10 +87,18 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// The whole application: `/api/v1/…` and `/api/v1/openapi.json`. Blocks' secrets are
-/// encrypted with a random key of this process (see [`app_with_secret_key`]).
+/// The whole application: `/api/v1/…` and `/api/v1/openapi.json`, with the scheduler
+/// running beside it (call inside a tokio runtime). Blocks' secrets are encrypted with a
+/// random key of this process (see [`app_with_secret_key`]).
 pub fn app(db: Db, api_key: Option<String>) -> Router {
-    app_with(api::AppState::new(db), api_key)
+    app_with_options(db, api_key, scheduler::Options::default())
+}
+
+/// [`app`] with scheduler settings.
+pub fn app_with_options(db: Db, api_key: Option<String>, opts: scheduler::Options) -> Router {
+    let state = api::AppState::with_options(db, opts);
+    state.spawn_background();
+    app_with(state, api_key)
 }
 
 /// [`app`] encrypting blocks' secrets with `secret_key`.
@@ -237,7 +248,8 @@ pub async fn serve_until(
     let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
     let bound = listener.local_addr().map_err(bind_err)?;
-    let state = api::AppState::new(db).with_secret_key(secret_key);
+    let state = api::AppState::with_options(db, cfg.scheduler.clone()).with_secret_key(secret_key);
+    state.spawn_background();
     let stopping = Arc::clone(&state.stopping);
     // The peer's address lets blocks reveal secrets to this machine's clients only.
     let app = app_with(state, cfg.api_key).into_make_service_with_connect_info::<SocketAddr>();

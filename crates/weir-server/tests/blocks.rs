@@ -513,6 +513,7 @@ async fn keys_and_rotation(url: &str) {
                 api_key: None,
                 tls: None,
                 secret_key: Some(key),
+                scheduler: Default::default(),
             };
             let (tx, rx) = tokio::sync::oneshot::channel();
             let served = tokio::spawn(weir_server::serve_until(

@@ -72,6 +72,24 @@ pub struct FlowRunRecord {
     #[serde(default)]
     #[schema(schema_with = tags_schema)]
     pub tags: Vec<String>,
+    /// The deployment this run belongs to (`None` for a run started by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// When a deployment run is due (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<i64>,
+    /// The work pool whose workers run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_pool: Option<String>,
+    /// The worker that claimed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// The run this one retries (a deployment's `retries`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<FlowRunId>,
+    /// A cancel was asked for; its worker stops it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
 }
 
 /// One task run: one call of a task inside a flow.

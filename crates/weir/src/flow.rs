@@ -229,6 +229,12 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
             hostname: engine.hostname.clone(),
             pid: engine.pid,
             tags: spec.tags.iter().map(|t| t.to_string()).collect(),
+            deployment: None,
+            scheduled_at: None,
+            work_pool: None,
+            worker: None,
+            retry_of: None,
+            cancel_requested: false,
         },
         done: false,
     };

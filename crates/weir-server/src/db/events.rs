@@ -24,6 +24,9 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// Flow and deployment names of runs of a deployment, by run.
+type DeploymentFlows = HashMap<FlowRunId, (String, String)>;
+
 /// Bound parameters per statement: under SQLite's 32,766 and PostgreSQL's 65,535.
 const MAX_PARAMS: usize = 8000;
 
@@ -114,7 +117,7 @@ impl Db {
     /// Applies a batch: every event gets a verdict; the accepted ones are written in one
     /// transaction. Returns the refused events.
     pub async fn apply_events(&self, events: &[Event]) -> Result<Vec<Refusal>, DbError> {
-        let mut flows = self.flow_states(events).await?;
+        let (mut flows, deployment_flows) = self.flow_states(events).await?;
         let mut tasks = self.task_states(events).await?;
         let mut refused = Vec::new();
         let mut plan = Plan::default();
@@ -127,6 +130,25 @@ impl Db {
         };
         for (i, e) in events.iter().enumerate() {
             match e {
+                // A run of a deployment is made by the server for one flow: a snapshot naming
+                // another flow is someone else's run id.
+                Event::FlowRun(r)
+                    if deployment_flows
+                        .get(&r.id)
+                        .is_some_and(|(flow, _)| flow != &r.flow_name) =>
+                {
+                    let (flow, dep) = &deployment_flows[&r.id];
+                    refuse(
+                        i,
+                        Decision::Reject {
+                            code: "conflict",
+                            message: format!(
+                                "run {} is a run of flow '{flow}' (deployment '{dep}'); this snapshot names flow '{}'",
+                                r.id, r.flow_name
+                            ),
+                        },
+                    )
+                }
                 Event::FlowRun(r) => match decide_flow(flows.get(&r.id).copied(), r.state) {
                     Decision::Write => {
                         flows.insert(r.id, r.state);
@@ -219,7 +241,9 @@ impl Db {
     }
 
     /// The stored state of every flow run the batch names.
-    async fn flow_states(&self, events: &[Event]) -> Result<HashMap<FlowRunId, State>, sqlx::Error> {
+    /// The stored state of every flow run the batch names; and the flow and deployment of
+    /// those that are runs of a deployment.
+    async fn flow_states(&self, events: &[Event]) -> Result<(HashMap<FlowRunId, State>, DeploymentFlows), sqlx::Error> {
         let ids: HashSet<String> = events
             .iter()
             .filter_map(|e| match e {
@@ -231,13 +255,21 @@ impl Db {
             .map(|id| id.to_string())
             .collect();
         let mut out = HashMap::new();
+        let mut deployed = HashMap::new();
         for row in self
-            .select_in("SELECT id, state FROM flow_runs WHERE id IN", ids)
+            .select_in(
+                "SELECT id, state, flow_name, deployment FROM flow_runs WHERE id IN",
+                ids,
+            )
             .await?
         {
-            out.insert(parse(row.try_get(0)?)?, parse(row.try_get(1)?)?);
+            let id: FlowRunId = parse(row.try_get(0)?)?;
+            out.insert(id, parse(row.try_get(1)?)?);
+            if let Some(dep) = row.try_get::<Option<String>, _>(3)? {
+                deployed.insert(id, (row.try_get(2)?, dep));
+            }
         }
-        Ok(out)
+        Ok((out, deployed))
     }
 
     async fn task_states(&self, events: &[Event]) -> Result<HashMap<TaskRunId, (State, u32)>, sqlx::Error> {
@@ -292,7 +324,8 @@ impl Db {
         for chunk in plan.flows.chunks(per) {
             let sql = format!(
                 "INSERT INTO flow_runs ({}) VALUES {} ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
-                 started_at = excluded.started_at, ended_at = excluded.ended_at, error = excluded.error \
+                 started_at = excluded.started_at, ended_at = excluded.ended_at, error = excluded.error, \
+                 flow_path = excluded.flow_path, hostname = excluded.hostname, pid = excluded.pid \
                  WHERE {} RETURNING id",
                 FLOW_COLS.join(", "),
                 placeholders(self.kind, chunk.len(), FLOW_COLS.len()),

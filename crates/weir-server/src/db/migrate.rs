@@ -16,6 +16,7 @@ impl Db {
                 include_str!("../../migrations/0001_init.sql").replace("{{SEQUENCE_KEY}}", sequence_key),
             ),
             (2, include_str!("../../migrations/0002_list_indexes.sql").to_string()),
+            (3, include_str!("../../migrations/0003_deployments.sql").to_string()),
             (4, include_str!("../../migrations/0004_blocks.sql").to_string()),
         ];
         sqlx::query("CREATE TABLE IF NOT EXISTS weir_migrations (version BIGINT PRIMARY KEY)")

@@ -12,6 +12,8 @@
 //! `crate::error` turns into HTTP answers.
 
 mod blocks;
+mod claims;
+mod deployments;
 mod events;
 mod flow_runs;
 mod flows;
@@ -25,6 +27,8 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
 pub use blocks::{RotateError, StoredBlock, StoredBlockType, StoredSecret};
+pub use claims::{CrashOutcome, WorkerSweep};
+pub use deployments::{NewRun, PutOutcome};
 pub use events::Refusal;
 pub use flow_runs::FlowRunFilter;
 
@@ -42,6 +46,8 @@ pub struct Db {
     /// SQLite has one writer at a time; writers queue here instead of in SQLite's busy
     /// handler, which sleeps (milliseconds each) between its tries.
     pub(crate) write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Where it connected, for PostgreSQL's `LISTEN` connection.
+    pub(crate) url: std::sync::Arc<str>,
 }
 
 /// Why a database operation failed.
@@ -62,8 +68,20 @@ pub enum DbError {
 
 /// The final states, as an SQL list.
 pub(crate) const FINAL: &str = "('Completed','Cached','Failed','TimedOut','Cancelled','Crashed')";
+/// The states of a claimed run that has not ended, as an SQL list.
+pub(crate) const CLAIMED: &str = "('Pending','Running','Retrying')";
+/// The states of a run waiting for a worker, as an SQL list.
+pub(crate) const WAITING: &str = "('Scheduled','Late')";
 
 impl Db {
+    /// The lock every SQLite writer takes (SQLite has one writer at a time); none on PostgreSQL.
+    pub(crate) async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.kind {
+            Kind::Sqlite => Some(self.write_lock.lock().await),
+            Kind::Postgres => None,
+        }
+    }
+
     /// Connects to `url` (`sqlite://path` or `postgres://…`) and migrates the schema.
     pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
         sqlx::any::install_default_drivers();
@@ -76,6 +94,7 @@ impl Db {
                 format!("unsupported database URL '{url}' (expected sqlite://PATH or postgres://…)").into(),
             ));
         };
+        let original = url;
         let url = match kind {
             // Create the file if it does not exist.
             Kind::Sqlite if !url.contains("mode=") => {
@@ -108,6 +127,7 @@ impl Db {
             pool,
             kind,
             write_lock: Default::default(),
+            url: original.into(),
         };
         db.migrate().await?;
         Ok(db)
