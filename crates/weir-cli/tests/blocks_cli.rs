@@ -444,3 +444,87 @@ async fn cache_commands_open_the_store_a_block_names() {
         "a folder named after the block"
     );
 }
+
+/// The same through an s3-bucket block on a real S3 server (moto): the block's credentials
+/// are the only ones the CLI has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_commands_open_the_bucket_an_s3_bucket_block_names() {
+    use weir_cache::{EntryMeta, OpenOptions, PutMode};
+    use weir_types::block::AwsCredentials;
+
+    let Some(endpoint) = weir_tests::s3::moto_endpoint() else {
+        return;
+    };
+    let bucket = weir_tests::s3::moto_bucket(&endpoint, "cli-blocks");
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_path_buf();
+    let cwd = tempfile::tempdir().unwrap();
+    let (server, api) = start(&h, &h.join("server.log"), &[]).unwrap();
+    let doc = h.join("bucket.json");
+    let block = serde_json::json!({"bucket": bucket, "prefix": "team", "endpoint": endpoint, "region": "us-east-1",
+        "credentials": {"access_key_id": "moto-id", "secret_access_key": SECRET}});
+    std::fs::write(&doc, block.to_string()).unwrap();
+    ok(&weir(
+        &h,
+        &api,
+        &[],
+        &[
+            "block",
+            "create",
+            "s3-bucket/willowdata",
+            "--from-file",
+            doc.to_str().unwrap(),
+        ],
+    ));
+    let creds: AwsCredentials = serde_json::from_value(block["credentials"].clone()).unwrap();
+    let url = format!("s3://{bucket}/team?endpoint={endpoint}&region=us-east-1");
+    let store = weir_cache::open_with_credentials(&url, &OpenOptions::default(), Some(&creds)).unwrap();
+    let key_hex = "e".repeat(64);
+    let meta = EntryMeta {
+        format: 1,
+        key: key_hex.clone(),
+        task: "app::etl::load".into(),
+        task_run_id: "t".into(),
+        serializer: "json".into(),
+        created_at: weir_types::time::now_micros(),
+        ..EntryMeta::default()
+    };
+    store.put(meta, b"42".to_vec(), PutMode::IfAbsent).await.unwrap();
+
+    let results = "block:s3-bucket/willowdata";
+    let run = |args: &'static [&'static str]| {
+        let (h, cwd, api) = (h.clone(), cwd.path().to_path_buf(), api.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+                c.arg("cache")
+                    .args(args)
+                    .current_dir(&cwd)
+                    .env("WEIR_HOME", &h)
+                    .env("WEIR_API_URL", &api)
+                    .env("WEIR_RESULTS", results)
+                    .env("WEIR_LOCAL_CACHE", "none");
+                for v in [
+                    "WEIR_API_KEY",
+                    "WEIR_PROFILE",
+                    "AWS_ACCESS_KEY_ID",
+                    "AWS_SECRET_ACCESS_KEY",
+                    "AWS_ENDPOINT_URL",
+                ] {
+                    c.env_remove(v);
+                }
+                c.output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let ls = ok(&run(&["ls"]).await);
+    assert!(ls.contains("eeeeeeeeeeee"), "{ls}");
+    let stats = ok(&run(&["stats"]).await);
+    assert!(stats.contains(&format!("s3://{bucket}/team")), "{stats}");
+    no_secret("cache stats", &stats);
+    assert!(ok(&run(&["rm", "eeee"]).await).contains("removed"));
+    assert!(store.entry(&key_hex.parse().unwrap()).await.unwrap().is_none());
+    stop(server);
+}
