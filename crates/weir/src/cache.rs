@@ -169,6 +169,9 @@ pub(crate) enum Found<T> {
     Value(T),
     /// Compute, then publish with this mode.
     Compute(PutMode),
+    /// The store failed (not a miss): compute without the cache — no lease, no publish,
+    /// each of which would spend its own retries on a store that just failed.
+    Unavailable,
 }
 
 async fn lookup_file<T>(
@@ -197,7 +200,7 @@ async fn lookup_file<T>(
         }
         Err(e) => {
             tracing::warn!(target: "weir::cache", "result store unavailable ({e}); computing {} without the cache", spec.name);
-            Found::Compute(PutMode::IfAbsent)
+            Found::Unavailable
         }
     }
 }
@@ -235,7 +238,7 @@ pub(crate) async fn lookup<T>(
         }
         Err(e) => {
             tracing::warn!(target: "weir::cache", "result store unavailable ({e}); computing {} without the cache", spec.name);
-            Found::Compute(PutMode::IfAbsent)
+            Found::Unavailable
         }
     }
 }
@@ -294,7 +297,7 @@ pub(crate) async fn recheck<T>(
     }
     match lookup(store, key, codec, spec).await {
         Found::Value(v) => Recheck::Value(v),
-        Found::Compute(_) => Recheck::Compute,
+        Found::Compute(_) | Found::Unavailable => Recheck::Compute,
     }
 }
 
@@ -435,6 +438,13 @@ pub(crate) struct Waiting<'a> {
 /// its lease's expiry says: the holder's clock may be ahead of ours.
 const STALE_TTLS: u32 = 2;
 
+/// A lease request that fails (the store, not a holder) is retried at most this many times,
+/// and not once [`LEASE_ERROR_BUDGET`] has passed since the first failing one was sent (each
+/// request may spend the store's own retries too): then the task is computed without
+/// isolation.
+const LEASE_ERRORS: u32 = 5;
+const LEASE_ERROR_BUDGET: Duration = Duration::from_secs(10);
+
 /// Whether this process has started measuring the store's create-if-absent (once: the
 /// engine has one store).
 static PROBE_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -470,11 +480,13 @@ pub(crate) async fn isolate<T, F: Future<Output = Recheck<T>>>(
     let mut wait = Duration::from_millis(20);
     let mut announced = false;
     let mut errors = 0;
+    let mut failing_since: Option<tokio::time::Instant> = None;
     // The holder's lease as last seen, and since when (our clock) it has not changed.
     let mut last_seen: Option<((String, i64), tokio::time::Instant)> = None;
     let mut take_over_at: Option<i64> = None;
     loop {
         let now = weir_types::time::now_micros().max(take_over_at.unwrap_or(i64::MIN));
+        let asked = tokio::time::Instant::now();
         match store.try_lease(key, how.holder, ttl_us, now).await {
             Ok(LeaseOutcome::Acquired(lease)) => {
                 // It may have been published between our lookup and the lease.
@@ -525,7 +537,7 @@ pub(crate) async fn isolate<T, F: Future<Output = Recheck<T>>>(
             }
             // A store that keeps failing must not block the task forever; a blip must not
             // make two processes compute one key.
-            Err(e) if errors < 5 => {
+            Err(e) if errors < LEASE_ERRORS && failing_since.get_or_insert(asked).elapsed() < LEASE_ERROR_BUDGET => {
                 errors += 1;
                 tracing::debug!(target: "weir::cache", "lease request failed ({e}); retrying");
                 tokio::time::sleep(wait).await;
