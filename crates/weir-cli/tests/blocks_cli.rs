@@ -330,3 +330,201 @@ fn blocks_through_the_cli_keep_their_secrets() {
     assert!(revealed.contains(SECRET2), "{revealed}");
     stop(server);
 }
+
+/// `weir cache …` run in `cwd` (where a store path misread as a folder would appear).
+fn cache_cmd(home: &Path, cwd: &Path, api: Option<&str>, results: &str, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    c.arg("cache")
+        .args(args)
+        .current_dir(cwd)
+        .env("WEIR_HOME", home)
+        .env("WEIR_RESULTS", results)
+        .env("WEIR_LOCAL_CACHE", "none");
+    for v in [
+        "WEIR_API_URL",
+        "WEIR_API_KEY",
+        "WEIR_PROFILE",
+        "WEIR_RESULTS_DIR",
+        "WEIR_STATE_DB",
+    ] {
+        c.env_remove(v);
+    }
+    if let Some(api) = api {
+        c.env("WEIR_API_URL", api);
+    }
+    c.output().unwrap()
+}
+
+/// `WEIR_RESULTS=block:local-file-system/NAME` names the same store for `weir cache` as for
+/// flows; a missing block or server is an error naming it, never an empty listing of a
+/// folder called `block:…`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_commands_open_the_store_a_block_names() {
+    use weir_cache::folder::FolderBackend;
+    use weir_cache::{EntryMeta, PutMode, ResultStore, Store};
+
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_path_buf();
+    let cwd = tempfile::tempdir().unwrap();
+    let log = h.join("server.log");
+    let (server, api) = start(&h, &log, &[]).unwrap();
+    let folder = h.join("team-results");
+    ok(&weir(
+        &h,
+        &api,
+        &[],
+        &[
+            "block",
+            "create",
+            "local-file-system/scratch",
+            "--field",
+            &format!("basepath={}", folder.display()),
+        ],
+    ));
+    let store = Store::new(std::sync::Arc::new(FolderBackend::open(&folder).unwrap()));
+    let key_hex = "d".repeat(64);
+    let now = weir_types::time::now_micros();
+    let meta = EntryMeta {
+        format: 1,
+        key: key_hex.clone(),
+        task: "app::etl::load".into(),
+        task_run_id: "t".into(),
+        serializer: "json".into(),
+        created_at: now,
+        ..EntryMeta::default()
+    };
+    store.put(meta, b"42".to_vec(), PutMode::IfAbsent).await.unwrap();
+
+    let results = "block:local-file-system/scratch";
+    let run = |api: Option<String>, results: &'static str, args: &'static [&'static str]| {
+        let (h, cwd) = (h.clone(), cwd.path().to_path_buf());
+        async move {
+            tokio::task::spawn_blocking(move || cache_cmd(&h, &cwd, api.as_deref(), results, args))
+                .await
+                .unwrap()
+        }
+    };
+    let ls = ok(&run(Some(api.clone()), results, &["ls"]).await);
+    assert!(ls.contains("dddddddddddd") && ls.contains("load"), "{ls}");
+    let show = ok(&run(Some(api.clone()), results, &["show", "dddd"]).await);
+    assert!(show.contains(&key_hex), "{show}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&run(Some(api.clone()), results, &["stats", "--json"]).await)).unwrap();
+    assert_eq!(stats["entries"].as_u64(), Some(1), "{stats}");
+    let location = stats["location"].as_str().unwrap();
+    assert!(
+        location.contains(results) && location.contains("team-results"),
+        "{location}"
+    );
+    assert!(ok(&run(Some(api.clone()), results, &["rm", "dddd"]).await).contains("removed"));
+    assert!(
+        store.entry(&key_hex.parse().unwrap()).await.unwrap().is_none(),
+        "rm removed the entry from the block's folder"
+    );
+    let gc = ok(&run(Some(api.clone()), results, &["gc", "--grace", "0s"]).await);
+    assert!(gc.contains(results), "{gc}");
+
+    // A block that is not there, a block of the wrong type, no server, a server that is down.
+    let missing = failed(&run(Some(api.clone()), "block:local-file-system/nope", &["ls"]).await);
+    assert!(missing.contains("local-file-system/nope"), "{missing}");
+    let wrong = failed(&run(Some(api.clone()), "block:secret/db-pw", &["ls"]).await);
+    assert!(wrong.contains("block:secret/db-pw"), "{wrong}");
+    let no_server = failed(&run(None, results, &["ls"]).await);
+    assert!(
+        no_server.contains(results) && no_server.contains("WEIR_API_URL"),
+        "{no_server}"
+    );
+    stop(server);
+    let down = failed(&run(Some(api.clone()), results, &["ls"]).await);
+    assert!(down.contains(results), "{down}");
+    // Nothing was made of the address itself.
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "a folder named after the block"
+    );
+}
+
+/// The same through an s3-bucket block on a real S3 server (moto): the block's credentials
+/// are the only ones the CLI has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_commands_open_the_bucket_an_s3_bucket_block_names() {
+    use weir_cache::{EntryMeta, OpenOptions, PutMode};
+    use weir_types::block::AwsCredentials;
+
+    let Some(endpoint) = weir_tests::s3::moto_endpoint() else {
+        return;
+    };
+    let bucket = weir_tests::s3::moto_bucket(&endpoint, "cli-blocks");
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_path_buf();
+    let cwd = tempfile::tempdir().unwrap();
+    let (server, api) = start(&h, &h.join("server.log"), &[]).unwrap();
+    let doc = h.join("bucket.json");
+    let block = serde_json::json!({"bucket": bucket, "prefix": "team", "endpoint": endpoint, "region": "us-east-1",
+        "credentials": {"access_key_id": "moto-id", "secret_access_key": SECRET}});
+    std::fs::write(&doc, block.to_string()).unwrap();
+    ok(&weir(
+        &h,
+        &api,
+        &[],
+        &[
+            "block",
+            "create",
+            "s3-bucket/willowdata",
+            "--from-file",
+            doc.to_str().unwrap(),
+        ],
+    ));
+    let creds: AwsCredentials = serde_json::from_value(block["credentials"].clone()).unwrap();
+    let url = format!("s3://{bucket}/team?endpoint={endpoint}&region=us-east-1");
+    let store = weir_cache::open_with_credentials(&url, &OpenOptions::default(), Some(&creds)).unwrap();
+    let key_hex = "e".repeat(64);
+    let meta = EntryMeta {
+        format: 1,
+        key: key_hex.clone(),
+        task: "app::etl::load".into(),
+        task_run_id: "t".into(),
+        serializer: "json".into(),
+        created_at: weir_types::time::now_micros(),
+        ..EntryMeta::default()
+    };
+    store.put(meta, b"42".to_vec(), PutMode::IfAbsent).await.unwrap();
+
+    let results = "block:s3-bucket/willowdata";
+    let run = |args: &'static [&'static str]| {
+        let (h, cwd, api) = (h.clone(), cwd.path().to_path_buf(), api.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+                c.arg("cache")
+                    .args(args)
+                    .current_dir(&cwd)
+                    .env("WEIR_HOME", &h)
+                    .env("WEIR_API_URL", &api)
+                    .env("WEIR_RESULTS", results)
+                    .env("WEIR_LOCAL_CACHE", "none");
+                for v in [
+                    "WEIR_API_KEY",
+                    "WEIR_PROFILE",
+                    "AWS_ACCESS_KEY_ID",
+                    "AWS_SECRET_ACCESS_KEY",
+                    "AWS_ENDPOINT_URL",
+                ] {
+                    c.env_remove(v);
+                }
+                c.output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let ls = ok(&run(&["ls"]).await);
+    assert!(ls.contains("eeeeeeeeeeee"), "{ls}");
+    let stats = ok(&run(&["stats"]).await);
+    assert!(stats.contains(&format!("s3://{bucket}/team")), "{stats}");
+    no_secret("cache stats", &stats);
+    assert!(ok(&run(&["rm", "eeee"]).await).contains("removed"));
+    assert!(store.entry(&key_hex.parse().unwrap()).await.unwrap().is_none());
+    stop(server);
+}

@@ -24,13 +24,73 @@ pub struct KeyMaterial {
     files: Vec<weir_cache::canonical::KeyedFile>,
 }
 
-/// An input that could not be hashed (its `Serialize` impl failed).
+/// Why a task call has no cache key.
 #[derive(Debug, thiserror::Error)]
-#[error("could not hash input `{input}` for the cache key: {source}")]
-pub struct KeyError {
-    pub input: &'static str,
-    #[source]
-    pub source: CanonicalError,
+pub enum KeyError {
+    /// An input that could not be hashed (its `Serialize` impl failed).
+    #[error("could not hash input `{input}` for the cache key: {source}")]
+    Input {
+        input: &'static str,
+        #[source]
+        source: CanonicalError,
+    },
+    /// Another task definition in this program already keys its results by this path.
+    #[error(
+        "another task in this program has the cache key path `{path}` (same-named tasks in \
+         sibling blocks or closures of one function cannot be told apart); rename one of them \
+         so they do not read each other's cached results"
+    )]
+    SharedKeyPath { path: &'static str },
+}
+
+/// The key path of one task definition, and whether that definition owns it.
+///
+/// Each `#[weir::task]` expansion holds one of these in its own `static`, whose address
+/// names the definition: the first call registers (path → address) once, and a second
+/// definition with the same path is refused for good rather than handed the first's keys.
+/// Paths are not made unique with line numbers, which would move whenever code above moves.
+#[derive(Debug)]
+pub struct KeyPathClaim {
+    path: &'static str,
+    owned: bool,
+}
+
+/// Which definition owns each key path. One entry per hash-keyed task definition in the
+/// program, so bounded by the code itself.
+static KEY_PATH_OWNERS: std::sync::Mutex<std::collections::BTreeMap<&'static str, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+impl KeyPathClaim {
+    /// Registers the definition whose claim lives at `owner` (the address of its `static`)
+    /// for `path`, if `register`; definitions that do not hash keys (named results,
+    /// uncached tasks) only remember their path.
+    pub fn new(path: String, owner: usize, register: bool) -> KeyPathClaim {
+        // Made once per definition and kept for the program's life.
+        let path: &'static str = Box::leak(path.into_boxed_str());
+        if !register {
+            return KeyPathClaim { path, owned: true };
+        }
+        let mut owners = KEY_PATH_OWNERS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = *owners.entry(path).or_insert(owner);
+        KeyPathClaim {
+            path,
+            owned: first == owner,
+        }
+    }
+
+    pub fn path(&self) -> &'static str {
+        self.path
+    }
+
+    /// Ok if this definition owns its key path.
+    pub fn check(&self) -> Result<(), KeyError> {
+        match self.owned {
+            true => Ok(()),
+            false => Err(KeyError::SharedKeyPath { path: self.path }),
+        }
+    }
 }
 
 impl KeyMaterial {
@@ -38,7 +98,10 @@ impl KeyMaterial {
     pub fn inputs(digests: Vec<(&'static str, Result<[u8; 32], CanonicalError>)>) -> Result<KeyMaterial, KeyError> {
         let inputs = digests
             .into_iter()
-            .map(|(name, d)| d.map(|d| (name, d)).map_err(|source| KeyError { input: name, source }))
+            .map(|(name, d)| {
+                d.map(|d| (name, d))
+                    .map_err(|source| KeyError::Input { input: name, source })
+            })
             .collect::<Result<_, _>>()?;
         Ok(KeyMaterial {
             inputs,
@@ -49,7 +112,7 @@ impl KeyMaterial {
 
     /// From the digest of a user key function's result.
     pub fn custom(digest: Result<[u8; 32], CanonicalError>) -> Result<KeyMaterial, KeyError> {
-        let d = digest.map_err(|source| KeyError { input: "key", source })?;
+        let d = digest.map_err(|source| KeyError::Input { input: "key", source })?;
         Ok(KeyMaterial {
             inputs: Vec::new(),
             custom: Some(d),

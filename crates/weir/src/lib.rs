@@ -110,7 +110,7 @@ pub mod __private {
     use futures::future::BoxFuture;
     use serde::Serialize;
 
-    pub use crate::cache::KeyMaterial;
+    pub use crate::cache::{KeyMaterial, KeyPathClaim};
     pub use schemars;
     pub use serde;
     pub use serde_json;

@@ -50,7 +50,8 @@ pub struct TaskSpec {
     pub path: &'static str,
     /// The path its cache keys use: `path`, or for a task nested in a function body,
     /// `path@` and the path through the enclosing functions (two same-named tasks in two
-    /// functions of one module share `path`).
+    /// functions of one module share `path`). A second definition with the same key path
+    /// (sibling blocks, closures) is refused at call time (`KeyError::SharedKeyPath`).
     pub key_path: fn() -> &'static str,
     /// BLAKE3 of the task's tokens (used by `inputs+source`).
     pub source_hash: &'static str,
