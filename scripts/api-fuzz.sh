@@ -50,12 +50,16 @@ cat >"$work/schemathesis.toml" <<'TOML'
 [parameters]
 "query.follow" = "0"
 TOML
+# Deployments, work pools, workers and blocks (issues 9 and 10, still in progress) are not
+# fuzzed yet: their documents still declare query parameters in the path and integers
+# without the `3.0` form. They join the run once made exact like the rest.
 seed_args=()
 [ -n "${WEIR_FUZZ_SEED:-}" ] && seed_args=(--seed "$WEIR_FUZZ_SEED")
 status=0
 # From the temp dir: schemathesis keeps a cache folder where it runs.
 (cd "$work" && timeout "${WEIR_FUZZ_TIMEOUT:-600}" "$ST" --config-file "$work/schemathesis.toml" run "$addr/api/v1/openapi.json" \
     --checks all \
+    --exclude-path-regex '^/(blocks|block_types|deployments|work_pools|workers)(/|$)' \
     -H "Authorization: Bearer $key" \
     --max-examples "${WEIR_FUZZ_EXAMPLES:-20}" \
     --request-timeout 70 \

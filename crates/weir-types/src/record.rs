@@ -76,7 +76,7 @@ pub struct FlowRunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
     /// When a deployment run is due (ms since the epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "int::opt_i64")]
     pub scheduled_at: Option<i64>,
     /// The work pool whose workers run it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
