@@ -442,3 +442,68 @@ async fn a_spool_goes_to_the_server_it_was_meant_for_not_another() {
     let x = weir_client::Client::new(&x_api, None).unwrap();
     assert_eq!(params(x.flow_runs(&[]).await.unwrap().items), vec![61, 63]);
 }
+
+/// Waits (bounded) for a file a child process writes.
+fn wait_for_file(path: &Path, child: &mut Child) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the process ended before {path:?}");
+        assert!(Instant::now() < until, "no {path:?} within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_being_created_is_never_taken_for_a_dead_process_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("server.db");
+    let (server, addr) = ServerProcess::start(&db, "127.0.0.1:0");
+    let api = format!("http://{addr}");
+    server.stop();
+    let home = tempfile::tempdir().unwrap();
+    let gate = tempfile::tempdir().unwrap();
+
+    // A starts spooling (the server is down) and stops right after creating its spool file.
+    let (h, a, g) = (home.path().to_path_buf(), api.clone(), gate.path().to_path_buf());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut owner = Command::new(env!("CARGO_BIN_EXE_cache_probe"))
+            .env("WEIR_HOME", &h)
+            .env("WEIR_API_URL", &a)
+            .env("WEIR_LOG", "warn")
+            .env("WEIR_TEST_SPOOL_GATE", &g)
+            .env_remove("WEIR_RESULTS")
+            .env_remove("WEIR_API_KEY")
+            .args(["run", "91"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_file(&g.join("paused"), &mut owner);
+        // Meanwhile the server is back and B, reporting to it, looks for dead processes' spools.
+        let (server, again) = ServerProcess::start(&db, &addr);
+        assert_eq!(again, addr);
+        let other = probe_args(&h, &a, &["run", "92"]);
+        assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
+        std::fs::write(g.join("go"), b"").unwrap();
+        (owner.wait_with_output().unwrap(), server)
+    })
+    .await
+    .unwrap();
+    let (owner, _server) = out;
+    let stderr = String::from_utf8_lossy(&owner.stderr);
+    assert!(owner.status.success(), "{stderr}");
+
+    // A's events reached the server (through its spool): none went into a deleted file.
+    let client = weir_client::Client::new(&api, None).unwrap();
+    let mut params: Vec<u64> = client
+        .flow_runs(&[("flow", "probe")])
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|r| r.parameters["n"].as_u64().unwrap())
+        .collect();
+    params.sort();
+    assert_eq!(params, vec![91, 92], "A's runs were lost: {stderr}");
+    assert!(spool_files(home.path()).is_empty(), "{:?}", spool_files(home.path()));
+}

@@ -636,14 +636,26 @@ impl Spool {
         };
         if self.file.is_none() {
             std::fs::create_dir_all(&self.dir).map_err(err)?;
+            // Created under a name no other process claims, locked, and only then named
+            // `.jsonl`: a `.jsonl` file is locked from the moment it exists, so another
+            // process can never take a spool being created for a dead process's (and delete it).
+            let fresh = self.path.with_extension("new");
             let file = std::fs::OpenOptions::new()
-                .create(true)
+                .create_new(true)
                 .read(true)
                 .append(true)
-                .open(&self.path)
+                .open(&fresh)
                 .map_err(err)?;
+            test_gate();
             // Held for the life of this process: others deliver the file only once it is free.
-            file.try_lock().map_err(|e| err(std::io::Error::other(e.to_string())))?;
+            let locked = file
+                .try_lock()
+                .map_err(|e| err(std::io::Error::other(e.to_string())))
+                .and_then(|()| std::fs::rename(&fresh, &self.path).map_err(err));
+            if let Err(e) = locked {
+                let _ = std::fs::remove_file(&fresh);
+                return Err(e);
+            }
             self.file = Some(file);
         }
         let Some(file) = &mut self.file else { return Ok(()) };
@@ -671,6 +683,20 @@ impl Spool {
         }
         self.bytes = 0;
         self.events = 0;
+    }
+}
+
+/// A pause point for tests (`WEIR_TEST_SPOOL_GATE`, a folder): a new spool file's creation
+/// stops here, says so (`paused`) and goes on once the test writes `go` (at most 60 s), so a
+/// test can put another process's claim inside what used to be a race window.
+fn test_gate() {
+    let Some(dir) = std::env::var_os("WEIR_TEST_SPOOL_GATE").map(PathBuf::from) else {
+        return;
+    };
+    let _ = std::fs::write(dir.join("paused"), b"");
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !dir.join("go").exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
