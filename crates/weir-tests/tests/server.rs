@@ -507,3 +507,42 @@ async fn a_spool_being_created_is_never_taken_for_a_dead_process_s() {
     assert_eq!(params, vec![91, 92], "A's runs were lost: {stderr}");
     assert!(spool_files(home.path()).is_empty(), "{:?}", spool_files(home.path()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spool_holds_at_most_its_bound_and_says_what_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr) = ServerProcess::start(&dir.path().join("server.db"), "127.0.0.1:0");
+    let api = format!("http://{addr}");
+    server.stop();
+    let home = tempfile::tempdir().unwrap();
+    let (h, a) = (home.path().to_path_buf(), api.clone());
+    // 300 task runs make far more than 20,000 bytes of events.
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_cache_probe"))
+            .env("WEIR_HOME", &h)
+            .env("WEIR_API_URL", &a)
+            .env("WEIR_LOG", "warn")
+            .env("WEIR_SPOOL_MAX_BYTES", "20000")
+            .env_remove("WEIR_RESULTS")
+            .env_remove("WEIR_API_KEY")
+            .args(["flood", "300"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let spooled = spool_files(home.path());
+    assert_eq!(spooled.len(), 1, "{spooled:?}");
+    let (path, len) = &spooled[0];
+    assert!(*len <= 20_000, "the spool grew to {len} bytes");
+    // Filled, not given up at the first batch that did not fit whole.
+    assert!(*len > 10_000, "the spool holds only {len} bytes");
+    assert!(
+        stderr.contains("not recorded") && stderr.contains("is full"),
+        "the loss is reported: {stderr}"
+    );
+    let lines = std::fs::read_to_string(path).unwrap();
+    assert!(lines.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+}

@@ -8,7 +8,7 @@
 //! dropped (reported on stderr).
 //!
 //! While the server is unreachable, events go to a spool file under `$WEIR_HOME/spool`
-//! (at most [`SPOOL_MAX`] bytes per process; beyond that events are lost and reported). The
+//! (at most [`SPOOL_MAX`] bytes per process, `WEIR_SPOOL_MAX_BYTES`; beyond that events are lost and reported). The
 //! spool is sent when the server is back: by this process, or by the next process that
 //! reports to it (a spool file is locked by its owner while the owner lives). A flush waits
 //! at most [`FLUSH_WAIT`] for the server; then it reports what stayed in the spool. Resending
@@ -40,7 +40,7 @@ const MAX_EVENT_BYTES: usize = 1 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a flush (a root flow run's end) waits for an unreachable server.
 pub(crate) const FLUSH_WAIT: Duration = Duration::from_secs(10);
-/// The largest spool file one process writes.
+/// The largest spool file one process writes, unless `WEIR_SPOOL_MAX_BYTES` says otherwise.
 pub(crate) const SPOOL_MAX: u64 = 64 << 20;
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -65,7 +65,7 @@ pub(crate) struct HttpTransport {
 
 impl HttpTransport {
     /// `spool_dir` holds one folder per server (see [`server_folder`]).
-    pub fn start(client: Client, spool_dir: PathBuf) -> std::io::Result<HttpTransport> {
+    pub fn start(client: Client, spool_dir: PathBuf, spool_max: u64) -> std::io::Result<HttpTransport> {
         let spool_dir = spool_dir.join(server_folder(client.base_url()));
         let (tx, rx) = mpsc::channel(QUEUE);
         let pending = std::sync::Arc::new(watch::Sender::new(Vec::new()));
@@ -78,7 +78,7 @@ impl HttpTransport {
             batch_bytes: 0,
             waiters: Vec::new(),
             losses: HashMap::new(),
-            spool: Spool::new(spool_dir),
+            spool: Spool::new(spool_dir, spool_max),
             retry_at: None,
             backoff: BACKOFF_FIRST,
             foreign: None,
@@ -306,8 +306,8 @@ impl Reporter {
     }
 
     fn spool_items(&mut self, items: Vec<Item>) {
-        if let Err(e) = self.spool.append(&items) {
-            self.lose(&items, &e);
+        if let Err((written, e)) = self.spool.append(&items) {
+            self.lose(&items[written..], &e);
         }
     }
 
@@ -598,11 +598,13 @@ struct Spool {
     path: PathBuf,
     file: Option<File>,
     bytes: u64,
+    /// The most `bytes` may reach.
+    max: u64,
     events: usize,
 }
 
 impl Spool {
-    fn new(dir: PathBuf) -> Spool {
+    fn new(dir: PathBuf, max: u64) -> Spool {
         let me = std::process::id();
         let start = weir_state::process_start_time(me).unwrap_or(0);
         let path = dir.join(format!("{me}-{start}-{:08x}.jsonl", fastrand::u32(..)));
@@ -611,6 +613,7 @@ impl Spool {
             path,
             file: None,
             bytes: 0,
+            max,
             events: 0,
         }
     }
@@ -619,19 +622,24 @@ impl Spool {
         self.events == 0
     }
 
-    fn append(&mut self, items: &[Item]) -> Result<(), String> {
-        let size: u64 = items.iter().map(|i| i.json.len() as u64 + 1).sum();
-        if self.bytes + size > SPOOL_MAX {
-            return Err(format!(
-                "the server is unreachable and the spool {} is full ({} MiB)",
-                self.path.display(),
-                SPOOL_MAX >> 20
-            ));
-        }
+    /// Appends the items that fit; on error, how many were written and why the rest were not.
+    fn append(&mut self, items: &[Item]) -> Result<(), (usize, String)> {
+        let mut size = 0u64;
+        let fit = items
+            .iter()
+            .take_while(|i| {
+                size += i.json.len() as u64 + 1;
+                self.bytes + size <= self.max
+            })
+            .count();
+        let size: u64 = items[..fit].iter().map(|i| i.json.len() as u64 + 1).sum();
         let err = |e: std::io::Error| {
-            format!(
-                "the server is unreachable and the spool {} failed: {e}",
-                self.path.display()
+            (
+                0,
+                format!(
+                    "the server is unreachable and the spool {} failed: {e}",
+                    self.path.display()
+                ),
             )
         };
         if self.file.is_none() {
@@ -660,13 +668,23 @@ impl Spool {
         }
         let Some(file) = &mut self.file else { return Ok(()) };
         let mut out = Vec::with_capacity(size as usize);
-        for item in items {
+        for item in &items[..fit] {
             out.extend_from_slice(&item.json);
             out.push(b'\n');
         }
         file.write_all(&out).map_err(err)?;
         self.bytes += size;
-        self.events += items.len();
+        self.events += fit;
+        if fit < items.len() {
+            return Err((
+                fit,
+                format!(
+                    "the server is unreachable and the spool {} is full ({} bytes, WEIR_SPOOL_MAX_BYTES)",
+                    self.path.display(),
+                    self.max
+                ),
+            ));
+        }
         Ok(())
     }
 

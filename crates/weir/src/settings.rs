@@ -50,11 +50,14 @@ pub struct Settings {
     pub fsync: bool,
     /// Where events for an unreachable server wait (`$WEIR_HOME/spool`).
     pub spool_dir: PathBuf,
+    /// The largest spool file one process writes (`WEIR_SPOOL_MAX_BYTES`, default `64MiB`);
+    /// events past it are lost and reported.
+    pub spool_max_bytes: u64,
 }
 
 impl Settings {
     /// Reads `WEIR_HOME`, `WEIR_RESULTS_DIR`, `WEIR_STATE_DB`, `WEIR_REFRESH_CACHE`, `WEIR_LOG`,
-    /// `WEIR_PROGRESS` and `WEIR_CACHE_FSYNC`.
+    /// `WEIR_PROGRESS`, `WEIR_CACHE_FSYNC` and `WEIR_SPOOL_MAX_BYTES`.
     pub fn from_env() -> Settings {
         let paths = Paths::from_env();
         let progress = match std::env::var("WEIR_PROGRESS")
@@ -74,6 +77,10 @@ impl Settings {
         Settings {
             artifacts_dir: paths.home.join("artifacts"),
             spool_dir: paths.home.join("spool"),
+            spool_max_bytes: std::env::var("WEIR_SPOOL_MAX_BYTES")
+                .ok()
+                .and_then(|s| s.trim().parse::<bytesize::ByteSize>().ok())
+                .map_or(crate::remote::SPOOL_MAX, |b| b.as_u64()),
             results: results.location,
             local_cache: results.local_cache,
             compression: std::env::var("WEIR_COMPRESSION").map(|v| v == "zstd").unwrap_or(false),
