@@ -546,3 +546,89 @@ async fn the_spool_holds_at_most_its_bound_and_says_what_it_lost() {
     let lines = std::fs::read_to_string(path).unwrap();
     assert!(lines.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
 }
+
+/// A dead process's spool (`1-1-dead.jsonl`) of one flow run: Running, the log lines, then
+/// Completed. Returns the run's id.
+fn dead_spool(home: &Path, api: &str, logs: &[&str]) -> weir_types::FlowRunId {
+    let flow = weir_types::FlowRunId::new();
+    let rec = |state: State| {
+        serde_json::json!({"kind": "flow_run", "record": {
+            "id": flow, "flow_name": "spooled", "flow_path": "app::spooled",
+            "parent_flow_run_id": null, "parent_task_run_id": null, "state": state,
+            "parameters": {}, "created_at": 1, "started_at": 1, "ended_at": null, "error": null,
+            "hostname": "h", "pid": 1, "tags": []}})
+    };
+    let mut lines = vec![rec(State::Running)];
+    for (i, message) in logs.iter().enumerate() {
+        lines.push(serde_json::json!({"kind": "log", "record": {
+            "flow_run_id": flow, "task_run_id": null, "at": 2 + i as i64, "level": "INFO",
+            "target": "app", "message": message}}));
+    }
+    let mut completed = rec(State::Completed);
+    completed["record"]["ended_at"] = serde_json::json!(3);
+    lines.push(completed);
+    let spool = spool_dir(home, api);
+    std::fs::create_dir_all(&spool).unwrap();
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(spool.join("1-1-dead.jsonl"), text).unwrap();
+    flow
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_server_always_fails_on_is_dropped_and_the_rest_delivered() {
+    // The real server, with one fault no real input causes: every batch holding the word
+    // "poison" gets a 500 (a server bug on one event), while the server answers the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    let db = weir_server::Db::connect(&url).await.unwrap();
+    let poisoned = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hits = std::sync::Arc::clone(&poisoned);
+    let app = weir_server::app(db, None).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let hits = std::sync::Arc::clone(&hits);
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
+                if body.windows(6).any(|w| w == b"poison") {
+                    hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    return axum::response::IntoResponse::into_response((
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error",
+                    ));
+                }
+                next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(body)))
+                    .await
+            }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let home = tempfile::tempdir().unwrap();
+    let flow = dead_spool(home.path(), &api, &["first", "a poison pill", "kept"]);
+    let (h, a) = (home.path().to_path_buf(), api.clone());
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["run", "71"]))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not recorded") && stderr.contains("500"),
+        "the loss is reported: {stderr}"
+    );
+    assert!(!stderr.contains("unreachable"), "{stderr}");
+    // Bounded: a few tries of the batch, then of its halves, not a stall until the flush wait.
+    assert!(took < Duration::from_secs(8), "took {took:?}: {stderr}");
+    let tries = poisoned.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(tries <= 10, "{tries} requests with the poisoned event");
+
+    let client = weir_client::Client::new(&api, None).unwrap();
+    let run = client.flow_run(flow).await.unwrap();
+    assert_eq!(run.state, State::Completed, "events after the poisoned one arrived");
+    let logs: Vec<String> = client.logs(flow).await.unwrap().into_iter().map(|l| l.message).collect();
+    assert_eq!(logs, vec!["first".to_string(), "kept".to_string()]);
+    assert!(spool_files(home.path()).is_empty());
+}

@@ -42,6 +42,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const FLUSH_WAIT: Duration = Duration::from_secs(10);
 /// The largest spool file one process writes, unless `WEIR_SPOOL_MAX_BYTES` says otherwise.
 pub(crate) const SPOOL_MAX: u64 = 64 << 20;
+/// Answers of 5xx to one request before it counts as failing on its events (if the server
+/// takes an empty batch meanwhile); the pause before the next try grows by this much each time.
+const SERVER_ERROR_TRIES: u32 = 3;
+const SERVER_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -382,12 +386,48 @@ impl Reporter {
 
     /// Posts items in requests within the batch limits; a refused request is split until
     /// the refused event is alone, and only that event is dropped.
-    async fn post_all(&self, items: &[Item], deadline: Option<Instant>) -> Result<(), PostError> {
+    ///
+    /// A request the server answers with a 5xx is tried [`SERVER_ERROR_TRIES`] times; if it
+    /// still fails while the server takes an empty batch, it is the events, not the server
+    /// (a server bug on one event): the request is halved the same way, and the one event
+    /// the server always fails on is dropped and reported lost.
+    async fn post_all(&mut self, items: &[Item], deadline: Option<Instant>) -> Result<(), PostError> {
         let mut ranges: Vec<(usize, usize)> = chunks(items).into_iter().rev().collect();
+        // Parts of a request being halved for a 5xx: tried once each.
+        let mut halves = std::collections::HashSet::new();
+        let mut tries = 0;
         while let Some((start, end)) = ranges.pop() {
             let part = &items[start..end];
             match self.post(part.iter().map(|i| i.json.as_slice()), deadline).await {
-                Ok(()) => {}
+                Ok(()) => tries = 0,
+                Err(Failure::Client(ClientError::Api { status, detail })) if status >= 500 => {
+                    let why = format!("the server answered {status}: {}", detail.message);
+                    if !halves.contains(&(start, end)) {
+                        tries += 1;
+                        if tries < SERVER_ERROR_TRIES {
+                            tokio::time::sleep(SERVER_ERROR_PAUSE * tries).await;
+                            ranges.push((start, end));
+                            continue;
+                        }
+                        tries = 0;
+                    }
+                    if !self.server_answers(deadline).await {
+                        return Err(PostError::Transient(why));
+                    }
+                    if part.len() == 1 {
+                        eprintln!(
+                            "weir: warning: one event not recorded: the server fails on it ({why}) while it takes \
+                             others; dropped it and sent the rest: {}",
+                            String::from_utf8_lossy(&part[0].json[..part[0].json.len().min(300)])
+                        );
+                        self.lose_one(part[0].root, &format!("the server fails on it ({why})"));
+                        continue;
+                    }
+                    let mid = start + part.len() / 2;
+                    halves.extend([(start, mid), (mid, end)]);
+                    ranges.push((mid, end));
+                    ranges.push((start, mid));
+                }
                 Err(Failure::Client(ClientError::Api { status, detail })) if status == 422 || status == 413 => {
                     if part.len() == 1 {
                         self.refused(&part[0], status, &detail.message, deadline).await?;
@@ -418,6 +458,11 @@ impl Reporter {
             }
         }
         Ok(())
+    }
+
+    /// Whether the server takes a request at all (an empty batch).
+    async fn server_answers(&self, deadline: Option<Instant>) -> bool {
+        self.post(std::iter::empty(), deadline).await.is_ok()
     }
 
     /// One event the server refuses. A flow run refused for its parameters (too deep, say)
