@@ -632,3 +632,78 @@ async fn an_event_the_server_always_fails_on_is_dropped_and_the_rest_delivered()
     assert_eq!(logs, vec!["first".to_string(), "kept".to_string()]);
     assert!(spool_files(home.path()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_delivery_cut_partway_resumes_without_resending() {
+    // A real spool of more than one request: a flow of 1500 tasks with the server down.
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("server.db");
+    let (server, addr) = ServerProcess::start(&db_path, "127.0.0.1:0");
+    server.stop();
+    let home = tempfile::tempdir().unwrap();
+    let (h, a) = (home.path().to_path_buf(), format!("http://{addr}"));
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["flood", "1500"]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let spooled = spool_files(home.path());
+    assert_eq!(spooled.len(), 1);
+    let text = std::fs::read_to_string(&spooled[0].0).unwrap();
+    assert!(text.lines().count() > 4000, "more than two requests' worth");
+    let last = text.lines().last().unwrap().as_bytes().to_vec();
+
+    // The server is back but goes away for a second when the spool's last request arrives
+    // (after the first ones were delivered): it answers 503 to everything meanwhile.
+    let url = format!("sqlite://{}", dir.path().join("back.db").display());
+    let db = weir_server::Db::connect(&url).await.unwrap();
+    let down_since = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let went_down = std::sync::Arc::clone(&down_since);
+    let app = weir_server::app(db, None).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let (down_since, last) = (std::sync::Arc::clone(&down_since), last.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
+                let down = {
+                    let mut since = down_since.lock().unwrap();
+                    if since.is_none() && body.windows(last.len()).any(|w| w == last.as_slice()) {
+                        *since = Some(Instant::now());
+                    }
+                    since.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+                };
+                if down {
+                    return axum::response::IntoResponse::into_response((
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "restarting",
+                    ));
+                }
+                next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(body)))
+                    .await
+            }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // The spool, moved to this server's folder (as if it had been spooled for it).
+    let folder = spool_dir(home.path(), &api);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::rename(&spooled[0].0, folder.join("1-1-dead.jsonl")).unwrap();
+
+    let (h, a) = (home.path().to_path_buf(), api.clone());
+    let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["run", "73"]))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let client = weir_client::Client::new(&api, None).unwrap();
+    let runs = client.flow_runs(&[("flow", "flood")]).await.unwrap().items;
+    assert_eq!(runs.len(), 1, "{stderr}");
+    assert_eq!(runs[0].state, State::Completed, "{stderr}");
+    assert_eq!(client.task_runs(runs[0].id).await.unwrap().len(), 1500);
+    assert!(went_down.lock().unwrap().is_some(), "the delivery was cut");
+    // Nothing delivered was sent again, so the server refused nothing.
+    let warnings = stderr.lines().filter(|l| l.contains("refused")).count();
+    assert_eq!(warnings, 0, "{stderr}");
+    assert!(spool_files(home.path()).is_empty());
+}

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -331,8 +331,10 @@ impl Reporter {
         let Some(mut reader) = self.spool.reader().map_err(|e| e.to_string())? else {
             return Ok(());
         };
+        let reading = |e: std::io::Error| format!("reading the spool: {e}");
+        reader.seek(SeekFrom::Start(self.spool.sent)).map_err(reading)?;
         loop {
-            let chunk = read_chunk(&mut reader).map_err(|e| format!("reading the spool: {e}"))?;
+            let chunk = read_chunk(&mut reader).map_err(reading)?;
             if chunk.is_empty() {
                 break;
             }
@@ -341,6 +343,8 @@ impl Reporter {
                 Err(PostError::Transient(e)) => return Err(e),
                 Err(PostError::Permanent(e)) => self.lose(&chunk, &e),
             }
+            self.spool.sent = reader.stream_position().map_err(reading)?;
+            mark_sent(&self.spool.path, self.spool.sent);
         }
         self.spool.clear();
         Ok(())
@@ -353,7 +357,7 @@ impl Reporter {
             self.foreign_scanned = self.foreign.is_none();
         }
         let Some(foreign) = &mut self.foreign else { return };
-        let chunk = match read_chunk(&mut foreign.reader) {
+        let chunk = match read_chunk(&mut foreign.reader).and_then(|c| Ok((c, foreign.reader.stream_position()?))) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!(
@@ -364,6 +368,7 @@ impl Reporter {
                 return;
             }
         };
+        let (chunk, end) = chunk;
         if chunk.is_empty() {
             if let Some(f) = self.foreign.take() {
                 f.finish();
@@ -371,7 +376,13 @@ impl Reporter {
             return;
         }
         let deadline = self.earliest_deadline();
-        match self.post_all(&chunk, deadline).await {
+        let posted = self.post_all(&chunk, deadline).await;
+        if !matches!(posted, Err(PostError::Transient(_)))
+            && let Some(f) = &self.foreign
+        {
+            mark_sent(&f.path, end);
+        }
+        match posted {
             Ok(()) => {}
             // Released (its lock drops with it) and tried again when the server is back.
             Err(PostError::Transient(e)) => {
@@ -646,6 +657,8 @@ struct Spool {
     /// The most `bytes` may reach.
     max: u64,
     events: usize,
+    /// Where the part already delivered ends.
+    sent: u64,
 }
 
 impl Spool {
@@ -660,6 +673,7 @@ impl Spool {
             bytes: 0,
             max,
             events: 0,
+            sent: 0,
         }
     }
 
@@ -746,6 +760,8 @@ impl Spool {
         }
         self.bytes = 0;
         self.events = 0;
+        self.sent = 0;
+        let _ = std::fs::remove_file(sent_path(&self.path));
     }
 }
 
@@ -783,10 +799,11 @@ impl Foreign {
             if file.try_lock().is_err() {
                 continue;
             }
-            return Some(Foreign {
-                path,
-                reader: BufReader::new(file),
-            });
+            let mut reader = BufReader::new(file);
+            if reader.seek(SeekFrom::Start(read_sent(&path))).is_err() {
+                continue;
+            }
+            return Some(Foreign { path, reader });
         }
         None
     }
@@ -795,7 +812,27 @@ impl Foreign {
     fn finish(self) {
         let _ = self.reader.get_ref().set_len(0);
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(sent_path(&self.path));
     }
+}
+
+/// Where the delivered part of a spool ends, kept beside it (`<spool>.sent`): a delivery cut
+/// short (the server gone again, the delivering process ended) resumes there, by this process
+/// or the next, instead of resending what the server already has. Written after each
+/// delivered request; a marker lost or torn only means a resend (which is safe, just noisy).
+fn sent_path(spool: &Path) -> PathBuf {
+    spool.with_extension("sent")
+}
+
+fn mark_sent(spool: &Path, offset: u64) {
+    let _ = std::fs::write(sent_path(spool), offset.to_string());
+}
+
+fn read_sent(spool: &Path) -> u64 {
+    std::fs::read_to_string(sent_path(spool))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 // ---------- what the server would refuse, made acceptable ----------
