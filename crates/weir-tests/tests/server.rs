@@ -544,7 +544,11 @@ async fn the_spool_holds_at_most_its_bound_and_says_what_it_lost() {
         "the loss is reported: {stderr}"
     );
     let lines = std::fs::read_to_string(path).unwrap();
-    assert!(lines.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert!(
+        lines
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
 }
 
 /// A dead process's spool (`1-1-dead.jsonl`) of one flow run: Running, the log lines, then
@@ -628,7 +632,13 @@ async fn an_event_the_server_always_fails_on_is_dropped_and_the_rest_delivered()
     let client = weir_client::Client::new(&api, None).unwrap();
     let run = client.flow_run(flow).await.unwrap();
     assert_eq!(run.state, State::Completed, "events after the poisoned one arrived");
-    let logs: Vec<String> = client.logs(flow).await.unwrap().into_iter().map(|l| l.message).collect();
+    let logs: Vec<String> = client
+        .logs(flow)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
     assert_eq!(logs, vec!["first".to_string(), "kept".to_string()]);
     assert!(spool_files(home.path()).is_empty());
 }
