@@ -282,32 +282,7 @@ async fn one_refused_event_does_not_lose_the_rest_of_its_batch() {
     let home = tempfile::tempdir().unwrap();
     // A spool left by a process that died, written by an SDK that did not clean its events:
     // one log line has a NUL, which the server refuses (422) for the whole request.
-    let flow = weir_types::FlowRunId::new();
-    let rec = |state: State| {
-        serde_json::json!({"kind": "flow_run", "record": {
-            "id": flow, "flow_name": "spooled", "flow_path": "app::spooled",
-            "parent_flow_run_id": null, "parent_task_run_id": null, "state": state,
-            "parameters": {}, "created_at": 1, "started_at": 1, "ended_at": null, "error": null,
-            "hostname": "h", "pid": 1, "tags": []}})
-    };
-    let log = |message: &str| {
-        serde_json::json!({"kind": "log", "record": {
-            "flow_run_id": flow, "task_run_id": null, "at": 2, "level": "INFO", "target": "app",
-            "message": message}})
-    };
-    let mut completed = rec(State::Completed);
-    completed["record"]["ended_at"] = serde_json::json!(3);
-    let lines = [
-        rec(State::Running),
-        log("first"),
-        log("bad\0line"),
-        log("kept"),
-        completed,
-    ];
-    let spool = spool_dir(home.path(), &api);
-    std::fs::create_dir_all(&spool).unwrap();
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(spool.join("1-1-dead.jsonl"), text).unwrap();
+    let flow = dead_spool(home.path(), &api, &["first", "bad\0line", "kept"]);
 
     let (h, a) = (home.path().to_path_buf(), api.clone());
     let out = tokio::task::spawn_blocking(move || probe_args(&h, &a, &["run", "41"]))
