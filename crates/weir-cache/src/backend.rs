@@ -71,6 +71,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         mode: WriteMode,
     ) -> BoxFuture<'a, Result<Written, BackendError>>;
 
+    /// Creates a file only if absent (atomically, like [`WriteMode::IfAbsent`]), without
+    /// making it durable: for files worth nothing after a power loss (leases, which expire
+    /// anyway). Backends whose writes cost no fsync keep the default, a plain [`Backend::write`].
+    fn create_volatile<'a>(&'a self, path: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, Result<Written, BackendError>> {
+        self.write(path, bytes, WriteMode::IfAbsent)
+    }
+
     /// Deletes a file; deleting a missing file is not an error.
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
 
@@ -127,6 +134,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// the default always answers.
     fn refresh<'a>(&'a self, _path: &'a str, _max_age_micros: i64) -> BoxFuture<'a, Result<bool, BackendError>> {
         Box::pin(async { Ok(false) })
+    }
+
+    /// Whether [`Backend::refresh`] makes any file young in place, whatever its age. Where
+    /// it does not (object storage re-uploads only blobs older than the age it is given),
+    /// gc keeps unreferenced blobs for at least [`crate::store::MIN_REUPLOAD_GRACE_MICROS`].
+    fn refreshes_in_place(&self) -> bool {
+        false
     }
 
     /// Deletes `path` only if it still holds `expected`; `false` if it changed (or is gone).

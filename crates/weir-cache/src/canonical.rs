@@ -44,6 +44,40 @@ pub fn digest<T: Serialize + ?Sized>(value: &T) -> Result<[u8; 32], CanonicalErr
     Ok(*blake3::hash(&to_bytes(value)?).as_bytes())
 }
 
+/// A file an encoding read, and the hash of its contents it was keyed by.
+pub type KeyedFile = (std::path::PathBuf, [u8; 32]);
+
+thread_local! {
+    /// Files keyed by their contents while [`recording_files`] runs on this thread.
+    static KEYED_FILES: std::cell::RefCell<Option<Vec<KeyedFile>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `encode` (synchronous, on this thread) and returns, with its result, every file it
+/// keyed by contents, so that a caller can check the files still hold what they were keyed by
+/// once it has used them (see [`files_unchanged`]).
+pub fn recording_files<R>(encode: impl FnOnce() -> R) -> (R, Vec<KeyedFile>) {
+    let outer = KEYED_FILES.with(|f| f.replace(Some(Vec::new())));
+    let out = encode();
+    let files = KEYED_FILES.with(|f| f.replace(outer)).unwrap_or_default();
+    (out, files)
+}
+
+/// The first of `files` that now holds other contents than it was keyed by, if any. Cheap
+/// for files unchanged since they were hashed (one `stat` each, see [`crate::filehash`]); a
+/// file changed within the last moments is read again. A file that is gone is not taken as
+/// changed: a temporary artifact goes with its last clone, which the task that read it
+/// drops.
+pub fn files_unchanged(files: &[KeyedFile]) -> Result<(), std::path::PathBuf> {
+    for (path, hash) in files {
+        match crate::filehash::digest_file(path) {
+            Ok(now) if now == *hash => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            _ => return Err(path.clone()),
+        }
+    }
+    Ok(())
+}
+
 struct Encoder {
     out: Vec<u8>,
 }
@@ -111,6 +145,13 @@ impl Encoder {
                 path.display()
             ))
         })?;
+        KEYED_FILES.with(|f| {
+            if let Some(files) = f.borrow_mut().as_mut()
+                && !files.iter().any(|(p, _)| *p == path)
+            {
+                files.push((path.clone(), hash));
+            }
+        });
         self.out.push(tag::FILE);
         self.out.extend_from_slice(&hash);
         Ok(())

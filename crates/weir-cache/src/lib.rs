@@ -10,6 +10,10 @@
 //!   store; [`location`] opens any of them from a URL.
 //! - [`format`]: how results become bytes (JSON or MessagePack).
 
+// The store reads files other processes (and people) may truncate or rewrite: no mapped
+// memory, no `unsafe` at all (issue 7, item 9), enforced by the compiler.
+#![forbid(unsafe_code)]
+
 pub mod backend;
 pub mod canonical;
 pub mod filehash;
@@ -24,8 +28,9 @@ pub mod tier;
 
 pub use format::Format;
 pub use key::{CacheKey, InputDigest, KeyParts};
-pub use location::{OpenOptions, open};
+pub use location::{OpenOptions, open, open_with_credentials};
 pub use store::{
-    Compression, EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord, Lookup, PutMode,
-    PutOutcome, Renewal, ResultStore, Store, StoreError, StoreStats, StoredFiles, named_lease_key, validate_name,
+    BLOB_REFRESH_AGE_MICROS, Compression, EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord,
+    Lookup, MIN_REUPLOAD_GRACE_MICROS, PutMode, PutOutcome, Renewal, ResultStore, Store, StoreError, StoreStats,
+    StoredFiles, named_lease_key, validate_name,
 };

@@ -11,8 +11,9 @@
 //! stale: the engine then computes the task without the cache (correctness over
 //! availability).
 //!
-//! Writes go to the remote first, then locally. The local folder (results in `v1/`, file
-//! results downloaded from the remote in `files/`) has a size cap; when it is exceeded the
+//! Writes go to the remote first, then locally. The local folder (results in `v1/`, small
+//! ones inside their manifests, file results downloaded from the remote in `files/`) has a
+//! size cap, counting every file (manifests too); when it is exceeded the
 //! least recently used entries and files go (a local hit refreshes their modification time).
 
 use std::collections::{HashMap, HashSet};
@@ -147,14 +148,21 @@ impl Tiered {
         if let Some(old) = replaced.filter(|old| *old != stored.blob) {
             let _ = self.local_folder.delete(&blob_path(&old)).await;
         }
-        self.account(stored.size).await;
+        // The blob (or the inline bytes), and roughly its manifest.
+        self.account(stored.size + 512).await;
     }
 
     /// Adds `bytes` to the local folder's size, evicting when over the cap.
     async fn account(&self, bytes: u64) {
+        self.account_sparing(bytes, &[]).await
+    }
+
+    /// [`Tiered::account`], never evicting the files `spare` (relative to the local folder).
+    async fn account_sparing(&self, bytes: u64, spare: &[String]) {
         if !self.sized.swap(true, Ordering::Relaxed) {
             let mut total = 0;
-            for prefix in ["v1/blobs/", "files/"] {
+            // Manifests too: a small result lives inside its manifest, with no blob file.
+            for prefix in ["v1/manifests/", "v1/blobs/", "files/"] {
                 if let Ok(objs) = self.local_folder.list(prefix).await {
                     total += objs.iter().map(|o| o.size).sum::<u64>();
                 }
@@ -164,13 +172,13 @@ impl Tiered {
             self.size.fetch_add(bytes, Ordering::Relaxed);
         }
         if self.size.load(Ordering::Relaxed) > self.cap {
-            self.evict().await;
+            self.evict(spare).await;
         }
     }
 
     /// Removes orphaned local files, then least recently used entries and downloaded files
     /// until the tier is under 90 % of its cap.
-    async fn evict(&self) {
+    async fn evict(&self, spare: &[String]) {
         let (Ok(manifests), Ok(blobs), Ok(files)) = (
             self.local_folder.list("v1/manifests/").await,
             self.local_folder.list("v1/blobs/").await,
@@ -181,19 +189,21 @@ impl Tiered {
         let orphan_before = now_micros() - ORPHAN_GRACE_MICROS;
         let name = |path: &str| path.rsplit('/').next().unwrap_or("").to_string();
         let blob_sizes: HashMap<String, u64> = blobs.iter().map(|b| (name(&b.path), b.size)).collect();
-        let mut total: u64 = blob_sizes.values().sum();
+        let mut total: u64 = blob_sizes.values().sum::<u64>() + manifests.iter().map(|m| m.size).sum::<u64>();
         let mut referenced = HashSet::new();
         let mut candidates = Vec::with_capacity(manifests.len() + files.len());
         for m in manifests {
             let Some(blob) = self.local_blob(&m.path).await else {
                 // Unreadable local manifests are worthless copies.
                 let _ = self.local_folder.delete(&m.path).await;
+                total = total.saturating_sub(m.size);
                 continue;
             };
             referenced.insert(blob.clone());
             candidates.push(Evictable {
                 path: m.path,
-                size: blob_sizes.get(&blob).copied().unwrap_or(0),
+                // An inline result has no blob file: its manifest is all it takes.
+                size: m.size,
                 blob: Some(blob),
                 used: m.modified,
             });
@@ -206,6 +216,9 @@ impl Tiered {
         }
         for f in files {
             total += f.size;
+            if spare.contains(&f.path) {
+                continue;
+            }
             if name(&f.path).starts_with('.') {
                 // A download in progress, or one cut short long ago.
                 if f.modified < orphan_before {
@@ -229,15 +242,14 @@ impl Tiered {
                 break;
             }
             let _ = self.local_folder.delete(&c.path).await;
+            total = total.saturating_sub(c.size);
             // A blob shared with a surviving entry turns that entry into a local miss,
             // which the remote answers: harmless.
             if let Some(blob) = &c.blob {
                 let _ = self.local_folder.delete(&blob_path(blob)).await;
                 if gone.insert(blob.clone()) {
-                    total = total.saturating_sub(c.size);
+                    total = total.saturating_sub(blob_sizes.get(blob).copied().unwrap_or(0));
                 }
-            } else {
-                total = total.saturating_sub(c.size);
             }
             self.counters.evictions.fetch_add(1, Ordering::Relaxed);
         }
@@ -314,19 +326,35 @@ impl Tiered {
         // within that slack is counted twice, which only brings the next recount forward).
         let started = SystemTime::now() - std::time::Duration::from_millis(20);
         let found = lookup.await?;
-        if let FileLookup::Hit { path, .. } = &found
-            && let Ok(rel) = path.strip_prefix(self.local_folder.root())
-        {
-            let fresh = std::fs::metadata(path)
-                .ok()
-                .filter(|m| m.modified().is_ok_and(|t| t >= started))
-                .map(|m| m.len());
-            let _ = self.local_folder.touch(&rel.to_string_lossy()).await;
-            if let Some(size) = fresh {
-                self.account(size).await;
-            }
+        if let FileLookup::Hit { path, .. } = &found {
+            self.note_in_tier(std::slice::from_ref(path), started).await;
         }
         Ok(found)
+    }
+
+    /// Marks files the tier is handing out as just used, and counts those downloaded since
+    /// `started` (see [`Tiered::file_in_tier`]). The eviction this may start spares them:
+    /// a file larger than the cap stays until the next eviction rather than be deleted
+    /// before its caller opens it.
+    async fn note_in_tier(&self, paths: &[PathBuf], started: SystemTime) {
+        let mut fresh = 0;
+        let mut handed_out = Vec::with_capacity(paths.len());
+        for path in paths {
+            let Ok(rel) = path.strip_prefix(self.local_folder.root()) else {
+                continue;
+            };
+            let rel = rel.to_string_lossy().into_owned();
+            if let Ok(m) = std::fs::metadata(path)
+                && m.modified().is_ok_and(|t| t >= started)
+            {
+                fresh += m.len();
+            }
+            let _ = self.local_folder.touch(&rel).await;
+            handed_out.push(rel);
+        }
+        if fresh > 0 {
+            self.account_sparing(fresh, &handed_out).await;
+        }
     }
 }
 
@@ -480,10 +508,15 @@ impl ResultStore for Tiered {
         meta: &'a EntryMeta,
         _dest_dir: &'a std::path::Path,
     ) -> BoxFuture<'a, Result<crate::store::StoredFiles, StoreError>> {
-        // Downloaded like file results: into the local tier.
+        // Downloaded like file results: into the local tier, counted towards its cap.
         Box::pin(async move {
-            let dir = self.local_folder.root().join("files");
-            self.remote.get_blobs(meta, &dir).await
+            let dir = self.files_dir();
+            let started = SystemTime::now() - std::time::Duration::from_millis(20);
+            let found = self.remote.get_blobs(meta, &dir).await?;
+            if let crate::store::StoredFiles::Present(paths) = &found {
+                self.note_in_tier(paths, started).await;
+            }
+            Ok(found)
         })
     }
 

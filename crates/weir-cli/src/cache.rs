@@ -47,7 +47,7 @@ pub enum CacheCommand {
         #[arg(long)]
         dry_run: bool,
         /// Keep unreferenced data younger than this: it may belong to an entry being
-        /// written right now (default 1h).
+        /// written right now (default 1h; at least 20m for blobs on object storage).
         #[arg(long, default_value = "1h")]
         grace: String,
         #[arg(long)]

@@ -500,12 +500,16 @@ fn expand_task(opts: TaskOpts, func: ItemFn, source_hash: String) -> syn::Result
 
     let key_material = if let Some(key_fn) = &opts.key {
         quote! {
-            ::weir::__private::KeyMaterial::custom(::weir::__private::digest(&#key_fn(#(&#idents),*)))
+            ::weir::__private::KeyMaterial::recording_files(|| {
+                ::weir::__private::KeyMaterial::custom(::weir::__private::digest(&#key_fn(#(&#idents),*)))
+            })
         }
     } else {
         let names = &param_names;
         quote! {
-            ::weir::__private::KeyMaterial::inputs(::std::vec![#((#names, ::weir::__private::digest(&#idents))),*])
+            ::weir::__private::KeyMaterial::recording_files(|| {
+                ::weir::__private::KeyMaterial::inputs(::std::vec![#((#names, ::weir::__private::digest(&#idents))),*])
+            })
         }
     };
 

@@ -421,6 +421,7 @@ async fn refuses_a_public_address_without_a_key() {
         database_url: "sqlite::memory:".into(),
         api_key: None,
         tls: None,
+        secret_key: None,
     };
     let err = weir_server::serve(cfg, "0.0.0.0:0".parse().unwrap(), false, |_| {})
         .await
@@ -481,6 +482,7 @@ async fn an_empty_key_opens_nothing() {
         database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
         api_key: Some(String::new()),
         tls: None,
+        secret_key: None,
     };
     let served = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -552,6 +554,7 @@ async fn serves_tls_when_given_a_certificate() {
             cert: cert.clone(),
             key: key.clone(),
         }),
+        secret_key: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(weir_server::serve_until(
@@ -591,6 +594,7 @@ async fn serves_tls_when_given_a_certificate() {
         database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
         api_key: None,
         tls: Some(weir_server::TlsFiles { cert, key }),
+        secret_key: None,
     };
     let err = weir_server::serve(cfg, "127.0.0.1:0".parse().unwrap(), false, |_| {})
         .await

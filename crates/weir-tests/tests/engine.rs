@@ -1081,6 +1081,40 @@ async fn a_file_input_rewritten_in_place_is_a_new_key_and_runs_again() {
     assert_eq!(count(&format!("lines-{tag}")), 2);
 }
 
+/// Keys its call (the input as it is now), then rewrites the input before the call runs: the
+/// body reads the new contents.
+#[weir::flow]
+async fn rewritten_before_run_flow(path: String, tag: u64, rewrite: String) -> anyhow::Result<u64> {
+    let call = line_count(weir::Artifact::from_path(&path), tag);
+    std::fs::write(&path, rewrite)?;
+    Ok(call.await?)
+}
+
+#[tokio::test]
+async fn a_file_input_rewritten_after_it_was_keyed_is_not_cached_under_its_old_contents() {
+    env();
+    let tag = unique();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("input.csv");
+    std::fs::write(&path, "a\nb\n").unwrap();
+    let p = path.display().to_string();
+    // Keyed with two lines, computed from three (rewritten while the call waited to run, to
+    // the same size, most likely within the same clock tick).
+    let three = rewritten_before_run_flow(p.clone(), tag, "a\n\n\n".into())
+        .await
+        .unwrap();
+    assert_eq!(three, 3, "the body read what the file held when it ran");
+    // The two-line file again: its key is the one the call above was keyed with.
+    std::fs::write(&path, "a\nb\n").unwrap();
+    let (two, report) = lines_flow(p, tag).with_report().await;
+    assert_eq!(
+        (two.unwrap(), report.cached),
+        (2, 0),
+        "a result computed from other contents was cached under this file's key"
+    );
+    assert_eq!(count(&format!("lines-{tag}")), 2);
+}
+
 #[tokio::test]
 async fn the_same_contents_at_two_paths_are_one_key() {
     env();
@@ -1140,6 +1174,24 @@ async fn artifact_create_files_are_gone_once_stored_and_dropped() {
         "a hit hands out the stored copy, kept"
     );
     assert_eq!(count(&format!("temp-{tag}")), 1);
+}
+
+/// Hands a temporary artifact (gone with its last clone, which the next task's body drops)
+/// to a cached task.
+#[weir::flow]
+async fn temp_then_lines_flow(tag: u64) -> anyhow::Result<u64> {
+    let file = temp_result(tag).await?;
+    Ok(line_count(file, tag).await?)
+}
+
+#[tokio::test]
+async fn a_task_given_a_temporary_artifact_is_cached() {
+    env();
+    let tag = unique();
+    assert_eq!(temp_then_lines_flow(tag).await.unwrap(), 1);
+    let (again, report) = temp_then_lines_flow(tag).with_report().await;
+    assert_eq!((again.unwrap(), report.cached), (1, 2), "both tasks were hits");
+    assert_eq!(count(&format!("lines-{tag}")), 1);
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

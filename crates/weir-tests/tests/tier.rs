@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use weir_cache::folder::FolderBackend;
 use weir_cache::object::ObjectBackend;
 use weir_cache::tier::Tiered;
-use weir_cache::{CacheKey, FileLookup, Lookup, OpenOptions, PutMode, ResultStore, Store};
+use weir_cache::{CacheKey, FileLookup, Lookup, OpenOptions, PutMode, ResultStore, Store, StoredFiles};
 use weir_tests::s3::{ACCESS_KEY, S3sServer, SECRET_KEY};
 use weir_tests::store_suite::{key, meta};
 
@@ -175,6 +175,95 @@ async fn downloaded_file_results_count_towards_the_cap_and_are_evicted() {
     }
 }
 
+/// Files inside results (artifacts a result refers to) downloaded into the tier count
+/// towards its cap too, like file results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloaded_files_inside_results_count_towards_the_cap() {
+    weir_tests::s3::set_credentials();
+    let server = S3sServer::start(&["weir"]).unwrap();
+    let remote: Arc<dyn ResultStore> = Arc::new(s3_store(&server, "nested"));
+    let src = tempfile::tempdir().unwrap();
+    let keys: Vec<CacheKey> = (0..6).map(|i| key("tier-nested", i)).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let p = src.path().join(format!("part{i}"));
+        std::fs::write(&p, vec![i as u8; 10_000]).unwrap();
+        let mut m = meta(k);
+        m.files = remote.put_blobs(vec![p], PutMode::IfAbsent).await.unwrap();
+        remote.put(m, b"{}".to_vec(), PutMode::IfAbsent).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Room for three of the six files.
+    let cap = 35_000;
+    let a = machine(dir.path(), &remote, cap);
+    let unused = tempfile::tempdir().unwrap();
+    for k in &keys {
+        let Lookup::Hit { meta, .. } = a.get(k, 2_000).await.unwrap() else {
+            panic!("expected a hit")
+        };
+        match a.get_blobs(&meta, unused.path()).await.unwrap() {
+            StoredFiles::Present(paths) => {
+                assert!(paths[0].starts_with(dir.path()), "{}", paths[0].display());
+                assert_eq!(std::fs::read(&paths[0]).unwrap().len(), 10_000);
+            }
+            other => panic!("expected the files, got {other:?}"),
+        }
+    }
+    let files: Vec<u64> = std::fs::read_dir(dir.path().join("files"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    assert!(
+        files.iter().sum::<u64>() <= cap,
+        "the tier holds at most its cap of downloaded files: {files:?}"
+    );
+}
+
+/// A file larger than the whole tier is still handed out whole: eviction never deletes the
+/// files the lookup that triggered it is handing out (a file result, or every file of one
+/// result).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_larger_than_the_tier_are_not_evicted_by_their_own_download() {
+    weir_tests::s3::set_credentials();
+    let server = S3sServer::start(&["weir"]).unwrap();
+    let remote: Arc<dyn ResultStore> = Arc::new(s3_store(&server, "oversized"));
+    let src = tempfile::tempdir().unwrap();
+    let (file_key, nested_key) = (key("tier-oversized", 1), key("tier-oversized", 2));
+    let big = src.path().join("big");
+    std::fs::write(&big, vec![1u8; 30_000]).unwrap();
+    remote.put_file(meta(&file_key), big, PutMode::IfAbsent).await.unwrap();
+    let parts: Vec<_> = (0..3u8)
+        .map(|i| {
+            let p = src.path().join(format!("part{i}"));
+            std::fs::write(&p, vec![i + 2; 20_000]).unwrap();
+            p
+        })
+        .collect();
+    let mut m = meta(&nested_key);
+    m.files = remote.put_blobs(parts, PutMode::IfAbsent).await.unwrap();
+    remote.put(m, b"{}".to_vec(), PutMode::IfAbsent).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let a = machine(dir.path(), &remote, 25_000);
+    let unused = tempfile::tempdir().unwrap();
+    let FileLookup::Hit { path, .. } = a.get_file(&file_key, 2_000, unused.path()).await.unwrap() else {
+        panic!("expected a hit")
+    };
+    assert_eq!(std::fs::read(&path).expect("the file handed out").len(), 30_000);
+    let Lookup::Hit { meta, .. } = a.get(&nested_key, 2_000).await.unwrap() else {
+        panic!("expected a hit")
+    };
+    let StoredFiles::Present(paths) = a.get_blobs(&meta, unused.path()).await.unwrap() else {
+        panic!("expected the files")
+    };
+    for (i, p) in paths.iter().enumerate() {
+        assert_eq!(
+            std::fs::read(p).unwrap_or_default(),
+            vec![i as u8 + 2; 20_000],
+            "file {i} of the result was handed out whole"
+        );
+    }
+}
+
 /// `WEIR_LOCAL_CACHE` in front of a folder (a JuiceFS or NFS mount): opened from a
 /// `file://` URL, hits are served from the local folder and still revalidated.
 #[tokio::test]
@@ -214,4 +303,40 @@ async fn a_folder_store_can_have_a_local_tier() {
     };
     let err = weir_cache::open(&url, &same).unwrap_err().to_string();
     assert!(err.contains("WEIR_LOCAL_CACHE"), "{err}");
+}
+
+/// Small results live inside their manifests (no blob file): those count towards the cap
+/// too, and go least recently used first like the rest.
+#[tokio::test]
+async fn inline_results_count_towards_the_cap_and_are_evicted() {
+    let shared = tempfile::tempdir().unwrap();
+    let remote: Arc<dyn ResultStore> = Arc::new(folder_store(shared.path()));
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 20_000;
+    let a = machine(dir.path(), &remote, cap);
+    let keys: Vec<CacheKey> = (0..40).map(|i| key("tier-inline", i)).collect();
+    for (i, k) in keys.iter().enumerate() {
+        // Incompressible-looking and under INLINE_MAX: stored in the manifest.
+        let bytes: Vec<u8> = (0..3_000u32).map(|j| (j * 31 + i as u32 * 7) as u8).collect();
+        a.put(meta(k), bytes, PutMode::IfAbsent).await.unwrap();
+    }
+    let local = FolderBackend::open(dir.path()).unwrap();
+    use weir_cache::backend::Backend;
+    assert!(
+        local.list("v1/blobs/").await.unwrap().is_empty(),
+        "the results are inline: no blob files"
+    );
+    let manifests = local.list("v1/manifests/").await.unwrap();
+    let held: u64 = manifests.iter().map(|m| m.size).sum();
+    assert!(
+        held <= cap,
+        "the tier holds at most its cap of inline results: {held} bytes in {} manifests",
+        manifests.len()
+    );
+    assert!(a.counters.evictions.load(Ordering::Relaxed) > 0);
+    // The last one put is still local; an evicted one comes back from the remote.
+    assert_eq!(hit(&a, &keys[39], 2_000).await.len(), 3_000);
+    assert_eq!(a.counters.local_hits.load(Ordering::Relaxed), 1);
+    assert_eq!(hit(&a, &keys[0], 2_000).await.len(), 3_000);
+    assert_eq!(a.counters.remote_hits.load(Ordering::Relaxed), 1);
 }

@@ -19,6 +19,9 @@ use crate::task::{CachePolicy, TaskSpec};
 pub struct KeyMaterial {
     inputs: Vec<(&'static str, [u8; 32])>,
     custom: Option<[u8; 32]>,
+    /// Files keyed by their contents: a result is stored under this key only if they still
+    /// hold those contents after the task ran (see [`KeyMaterial::files_unchanged`]).
+    files: Vec<weir_cache::canonical::KeyedFile>,
 }
 
 /// An input that could not be hashed (its `Serialize` impl failed).
@@ -37,7 +40,11 @@ impl KeyMaterial {
             .into_iter()
             .map(|(name, d)| d.map(|d| (name, d)).map_err(|source| KeyError { input: name, source }))
             .collect::<Result<_, _>>()?;
-        Ok(KeyMaterial { inputs, custom: None })
+        Ok(KeyMaterial {
+            inputs,
+            custom: None,
+            files: Vec::new(),
+        })
     }
 
     /// From the digest of a user key function's result.
@@ -46,7 +53,30 @@ impl KeyMaterial {
         Ok(KeyMaterial {
             inputs: Vec::new(),
             custom: Some(d),
+            files: Vec::new(),
         })
+    }
+
+    /// Runs `make` (which digests the inputs, on this thread) and remembers the files it
+    /// keyed by their contents.
+    pub fn recording_files(make: impl FnOnce() -> Result<KeyMaterial, KeyError>) -> Result<KeyMaterial, KeyError> {
+        let (material, files) = weir_cache::canonical::recording_files(make);
+        material.map(|m| KeyMaterial { files, ..m })
+    }
+
+    /// Whether every file input still holds the contents this key was computed from; the
+    /// first that does not otherwise. A task reads its input files when it runs, which may
+    /// be long after its call was keyed: a file rewritten meanwhile gave a result of other
+    /// contents, which must not be stored under this key. Hashes files again only if they
+    /// changed (or changed just before they were keyed), so run on the blocking pool.
+    pub(crate) async fn files_unchanged(&self) -> Result<(), std::path::PathBuf> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        let files = self.files.clone();
+        tokio::task::spawn_blocking(move || weir_cache::canonical::files_unchanged(&files))
+            .await
+            .unwrap_or_else(|_| Err(std::path::PathBuf::new()))
     }
 
     pub(crate) fn parts<'a>(&'a self, spec: &'a TaskSpec) -> KeyParts<'a> {
@@ -76,6 +106,9 @@ pub(crate) enum Found<T> {
     Value(T),
     /// Compute, then publish with this mode.
     Compute(PutMode),
+    /// The store failed (not a miss): compute without the cache — no lease, no publish,
+    /// each of which would spend its own retries on a store that just failed.
+    Unavailable,
 }
 
 async fn lookup_file<T>(
@@ -104,7 +137,7 @@ async fn lookup_file<T>(
         }
         Err(e) => {
             tracing::warn!(target: "weir::cache", "result store unavailable ({e}); computing {} without the cache", spec.name);
-            Found::Compute(PutMode::IfAbsent)
+            Found::Unavailable
         }
     }
 }
@@ -142,7 +175,7 @@ pub(crate) async fn lookup<T>(
         }
         Err(e) => {
             tracing::warn!(target: "weir::cache", "result store unavailable ({e}); computing {} without the cache", spec.name);
-            Found::Compute(PutMode::IfAbsent)
+            Found::Unavailable
         }
     }
 }
@@ -201,7 +234,7 @@ pub(crate) async fn recheck<T>(
     }
     match lookup(store, key, codec, spec).await {
         Found::Value(v) => Recheck::Value(v),
-        Found::Compute(_) => Recheck::Compute,
+        Found::Compute(_) | Found::Unavailable => Recheck::Compute,
     }
 }
 
@@ -342,6 +375,13 @@ pub(crate) struct Waiting<'a> {
 /// its lease's expiry says: the holder's clock may be ahead of ours.
 const STALE_TTLS: u32 = 2;
 
+/// A lease request that fails (the store, not a holder) is retried at most this many times,
+/// and not once [`LEASE_ERROR_BUDGET`] has passed since the first failing one was sent (each
+/// request may spend the store's own retries too): then the task is computed without
+/// isolation.
+const LEASE_ERRORS: u32 = 5;
+const LEASE_ERROR_BUDGET: Duration = Duration::from_secs(10);
+
 /// Whether this process has started measuring the store's create-if-absent (once: the
 /// engine has one store).
 static PROBE_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -377,11 +417,13 @@ pub(crate) async fn isolate<T, F: Future<Output = Recheck<T>>>(
     let mut wait = Duration::from_millis(20);
     let mut announced = false;
     let mut errors = 0;
+    let mut failing_since: Option<tokio::time::Instant> = None;
     // The holder's lease as last seen, and since when (our clock) it has not changed.
     let mut last_seen: Option<((String, i64), tokio::time::Instant)> = None;
     let mut take_over_at: Option<i64> = None;
     loop {
         let now = weir_types::time::now_micros().max(take_over_at.unwrap_or(i64::MIN));
+        let asked = tokio::time::Instant::now();
         match store.try_lease(key, how.holder, ttl_us, now).await {
             Ok(LeaseOutcome::Acquired(lease)) => {
                 // It may have been published between our lookup and the lease.
@@ -432,7 +474,7 @@ pub(crate) async fn isolate<T, F: Future<Output = Recheck<T>>>(
             }
             // A store that keeps failing must not block the task forever; a blip must not
             // make two processes compute one key.
-            Err(e) if errors < 5 => {
+            Err(e) if errors < LEASE_ERRORS && failing_since.get_or_insert(asked).elapsed() < LEASE_ERROR_BUDGET => {
                 errors += 1;
                 tracing::debug!(target: "weir::cache", "lease request failed ({e}); retrying");
                 tokio::time::sleep(wait).await;

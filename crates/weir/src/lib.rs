@@ -70,6 +70,7 @@
 
 mod artifact;
 mod blocking;
+pub mod blocks;
 mod cache;
 mod console;
 mod context;
@@ -83,6 +84,7 @@ mod task;
 pub mod testing;
 
 pub use artifact::{Artifact, ArtifactWriter};
+pub use blocks::Block;
 pub use cache::{KeyError, KeyMaterial, OnDuplicate};
 pub use flow::{FlowCall, FlowError, FlowSpec, RunReport};
 pub use map::{DEFAULT_MAP_LIMIT, MapCall, MapExt, all};

@@ -19,7 +19,8 @@ pub enum ProgressMode {
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Where results go: a folder path or a URL (`WEIR_RESULTS`, else `WEIR_RESULTS_DIR`):
-    /// `/mnt/shared/results`, `file:///…`, `s3://bucket/prefix?endpoint=…`, `memory://`.
+    /// `/mnt/shared/results`, `file:///…`, `s3://bucket/prefix?endpoint=…`, `memory://`, or
+    /// `block:s3-bucket/NAME` / `block:local-file-system/NAME` (a block on the server).
     pub results: String,
     /// A local folder in front of the result store (`WEIR_LOCAL_CACHE`; default
     /// `$WEIR_HOME/local-cache` for remote stores, none for folders unless set), and its size

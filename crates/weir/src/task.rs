@@ -534,6 +534,10 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         }
     };
 
+    // One deadline for the whole run's first attempt: waiting for another process's lease
+    // counts against the task's timeout, and the body gets what is left (not a whole
+    // timeout again). Later attempts hold the lease already and get a whole timeout each.
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
     // The cache: a hit returns here, without running the task.
     let mut publish_plan: Option<(CacheKey, PutMode)> = None;
     let mut named_plan: Option<(String, PutMode)> = None;
@@ -591,7 +595,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         let how = cache::Waiting {
             holder: &holder,
             ttl: engine.settings.lease_ttl,
-            deadline: spec.timeout.map(|t| tokio::time::Instant::now() + t),
+            deadline,
             task: spec.name,
         };
         let name_ref = name.as_str();
@@ -636,6 +640,8 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         run.rec.cache_key = Some(key.to_hex());
         if let Some(store) = &engine.store {
             let refresh = parts.refresh.unwrap_or(spec.refresh_cache) || engine.settings.refresh_cache;
+            // The lookup failed on the store itself (see `Found::Unavailable`).
+            let mut store_down = false;
             let (mode, seen) = if refresh {
                 run.rec.cache_status = CacheStatus::Refreshed;
                 // What is being refreshed, so that a refresh someone else finishes while we
@@ -653,16 +659,20 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 match found {
                     Found::Value(v) => return Ok(cached(&mut run, &task_scope, v)),
                     Found::Compute(mode) => (mode, Seen::Unusable),
+                    Found::Unavailable => {
+                        store_down = true;
+                        (PutMode::IfAbsent, Seen::Unusable)
+                    }
                 }
             };
             // Missing, expired, damaged or refreshed: in every case one process computes
             // the key and the others take its result.
-            if spec.isolation {
+            if spec.isolation && !store_down {
                 let holder = format!("{}:{} (task run {})", engine.hostname, engine.pid, run.rec.id);
                 let how = cache::Waiting {
                     holder: &holder,
                     ttl: engine.settings.lease_ttl,
-                    deadline: spec.timeout.map(|t| tokio::time::Instant::now() + t),
+                    deadline,
                     task: spec.name,
                 };
                 let (key_ref, seen_ref) = (&key, &seen);
@@ -677,7 +687,9 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                     }
                 }
             }
-            publish_plan = Some((key, mode));
+            if !store_down {
+                publish_plan = Some((key, mode));
+            }
         }
     }
 
@@ -690,7 +702,11 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         }
         run.set(State::Running, None);
         let body = SCOPE.scope(task_scope.clone(), AssertUnwindSafe(attempt()).catch_unwind());
-        let outcome = match spec.timeout {
+        let limit = match deadline {
+            Some(d) if n == 1 => Some(d.saturating_duration_since(tokio::time::Instant::now())),
+            _ => spec.timeout,
+        };
+        let outcome = match limit {
             Some(limit) => tokio::time::timeout(limit, body).await.ok(),
             None => Some(body.await),
         };
@@ -751,6 +767,14 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         _ => false,
     };
     if lost && let Some((name, _)) = &named_plan {
+        if spec.on_duplicate == OnDuplicate::Error {
+            // The caller asked for an error rather than a result the name does not hold:
+            // another run may be writing it right now.
+            let err = anyhow::anyhow!(
+                "result key '{name}' not stored: this run lost the name's lease to another run (it stalled past the lease's expiry), and on_duplicate = \"error\" does not hand out a result the name does not hold"
+            );
+            return Err(fail(&mut run, State::Failed, err));
+        }
         in_scope(
             &task_scope,
             || tracing::warn!(target: "weir::cache", "result {name} not stored: another run holds its lease now"),
@@ -790,6 +814,19 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 || tracing::warn!(target: "weir::cache", "could not store result {name}: {e}"),
             ),
         }
+    }
+    // The result is of the files as the body read them: if one no longer holds what the key
+    // was computed from (rewritten after the call was made, or while it ran), storing the
+    // result would hand it to callers whose files hold the old contents.
+    if publish_plan.is_some()
+        && let Some(Ok(material)) = parts.codec.as_ref().map(|c| &c.key)
+        && let Err(changed) = material.files_unchanged().await
+    {
+        in_scope(
+            &task_scope,
+            || tracing::warn!(target: "weir::cache", "input file {} changed after this call was keyed; its result is not cached", changed.display()),
+        );
+        publish_plan = None;
     }
     let value = match (&parts.codec, publish_plan, &engine.store) {
         // An in-memory result nobody else can publish first (we hold the key's lease, or

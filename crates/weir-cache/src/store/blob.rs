@@ -19,6 +19,12 @@ use crate::store::{
 /// grace on object storage must be longer (the default grace is an hour).
 pub const BLOB_REFRESH_AGE_MICROS: i64 = 10 * 60 * 1_000_000;
 
+/// The shortest grace gc gives unreferenced blobs on backends that cannot refresh a file in
+/// place (see [`crate::backend::Backend::refreshes_in_place`]), whatever it is asked: a
+/// writer there reuses a blob younger than [`BLOB_REFRESH_AGE_MICROS`] without touching it,
+/// and then has at least that long again to publish the manifest naming it.
+pub const MIN_REUPLOAD_GRACE_MICROS: i64 = 2 * BLOB_REFRESH_AGE_MICROS;
+
 /// Links handed out on hits stay at least this long after the store dropped their blob
 /// (and forever while a task holds them open): see [`Store::sweep_links`].
 const LINK_KEEP_MICROS: i64 = 3_600_000_000;

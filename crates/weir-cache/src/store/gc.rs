@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use crate::store::blob::MIN_REUPLOAD_GRACE_MICROS;
 use crate::store::{EntryMeta, GcOptions, GcReport, Store, StoreError, StoreStats};
 
 impl Store {
@@ -87,7 +88,13 @@ impl Store {
             .iter()
             .flat_map(|(m, _, _)| std::iter::once(&m.blob).chain(&m.files).map(String::as_str))
             .collect();
-        let young = now - opts.grace_micros;
+        // A writer reuses a blob it finds young without refreshing it where refreshing means
+        // uploading again: a shorter grace would delete blobs such writers are about to name.
+        let blob_grace = match self.backend.refreshes_in_place() {
+            true => opts.grace_micros,
+            false => opts.grace_micros.max(MIN_REUPLOAD_GRACE_MICROS),
+        };
+        let young = now - blob_grace;
         for obj in self.backend.list("v1/blobs/").await? {
             let name = obj.path.rsplit('/').next().unwrap_or("");
             if referenced.contains(name) {

@@ -37,6 +37,7 @@ use crate::backend::Backend;
 use crate::key::CacheKey;
 use named::NamedData;
 
+pub use blob::{BLOB_REFRESH_AGE_MICROS, MIN_REUPLOAD_GRACE_MICROS};
 pub use files::StoredFiles;
 pub(crate) use layout::{blob_path, manifest_path};
 pub use layout::{named_lease_key, validate_name};

@@ -1,9 +1,11 @@
 //! The REST API under `/api/v1`, with its OpenAPI document generated from these handlers.
 //!
 //! One module per resource, each owning its routes, request and response types and
-//! handlers: [`events`], [`flow_runs`], [`task_runs`], [`logs`], [`flows`], [`variables`];
+//! handlers: [`events`], [`flow_runs`], [`task_runs`], [`logs`], [`flows`], [`variables`],
+//! [`blocks`];
 //! [`params`] holds what they share for reading query and path parameters.
 
+pub mod blocks;
 pub mod events;
 pub mod flow_runs;
 pub mod flows;
@@ -38,6 +40,10 @@ pub struct AppState {
     /// Set when the server stops, so log followers answer at once instead of holding the
     /// drain open.
     pub stopping: Arc<Stopping>,
+    /// Encrypts blocks' secret fields.
+    pub secret_key: crate::secrets::SecretKey,
+    /// Every request presented the API key (the server has one): secrets may be revealed.
+    pub api_key_set: bool,
 }
 
 impl AppState {
@@ -46,7 +52,15 @@ impl AppState {
             db,
             new_logs: Default::default(),
             stopping: Default::default(),
+            secret_key: crate::secrets::SecretKey::random(),
+            api_key_set: false,
         }
+    }
+
+    /// With this key for blocks' secret fields (instead of a random one).
+    pub fn with_secret_key(mut self, key: crate::secrets::SecretKey) -> AppState {
+        self.secret_key = key;
+        self
     }
 }
 
@@ -82,4 +96,5 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(task_runs::routes())
         .merge(flows::routes())
         .merge(variables::routes())
+        .merge(blocks::routes())
 }

@@ -5,11 +5,13 @@
 //! BIGINT microsecond times, ids and JSON as TEXT. Only the migrations differ per database.
 //!
 //! One module per table, each an `impl Db` block: [`flow_runs`], [`task_runs`], [`events`]
-//! (a batch of snapshots, states and log lines, written together), [`flows`], [`variables`];
+//! (a batch of snapshots, states and log lines, written together), [`flows`], [`variables`],
+//! [`blocks`] (configuration documents, secrets encrypted);
 //! [`rules`] holds the orchestration rules, [`migrate`] runs the schema and [`query`] builds
 //! list queries and decodes rows. Errors are [`DbError`]s, which
 //! `crate::error` turns into HTTP answers.
 
+mod blocks;
 mod events;
 mod flow_runs;
 mod flows;
@@ -24,6 +26,7 @@ mod variables;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
+pub use blocks::{RotateError, StoredBlock, StoredBlockType, StoredSecret};
 pub use events::Refusal;
 pub use flow_runs::FlowRunFilter;
 
@@ -52,6 +55,9 @@ pub enum DbError {
     /// The request cannot be answered as given (a bad cursor): the client's mistake.
     #[error("{message}")]
     Invalid { message: String, field: &'static str },
+    /// The request conflicts with the database's state (the message says how).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
 }

@@ -3,7 +3,12 @@
 //! ```text
 //! cache_probe key forward|reverse   print the cache key of a call with a HashMap input
 //! cache_probe run N                 run a flow with one cached task; print hit|miss
+//! cache_probe block NAME            load the s3-bucket block NAME; print bucket, secret, Debug
+//! cache_probe block-json TYPE/NAME  load a block's document; print it
 //! cache_probe big BYTES             run a flow whose cached task returns BYTES bytes
+//! cache_probe chunky N              run N cached tasks one after another, each returning a
+//!                                   result stored as a blob (a tenth of them one shared
+//!                                   blob); print "C computed H cached"
 //! cache_probe parts N               run a flow whose cached task writes N files (relative to
 //!                                   the working folder) and returns them inside its result;
 //!                                   print hit|miss, then each file's contents on a line
@@ -50,6 +55,29 @@ async fn expensive(n: u64) -> anyhow::Result<u64> {
         writeln!(f, "computed {n} by {}", std::process::id())?;
     }
     Ok(n * 2)
+}
+
+/// Above the inline size, so it is stored as a blob: one of its own for each key, and one
+/// shared by every key divisible by ten (reused, so refreshed, by later writers).
+#[weir::task(cache = "inputs")]
+async fn chunky(i: u64) -> anyhow::Result<String> {
+    let tag = if i.is_multiple_of(10) {
+        "shared".to_string()
+    } else {
+        i.to_string()
+    };
+    Ok(format!("{tag}-").repeat(4096))
+}
+
+/// One task after another (a few milliseconds apart), so the publishes spread over seconds.
+#[weir::flow]
+async fn chunky_flow(n: u64) -> anyhow::Result<usize> {
+    let mut total = 0;
+    for i in 0..n {
+        total += chunky(i).await?.len();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    Ok(total)
 }
 
 #[weir::flow]
@@ -332,10 +360,28 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{key}");
         }
+        ["block", name] => {
+            // Prints the bucket, its secret (revealed for this client) and its Debug form.
+            let b = weir::Block::load::<weir::blocks::S3Bucket>(name).await?;
+            let secret = b
+                .credentials
+                .as_ref()
+                .map(|c| c.secret_access_key.clone())
+                .unwrap_or_default();
+            println!("{} {secret} {b:?}", b.bucket);
+        }
+        ["block-json", address] => {
+            println!("{}", weir::Block::load_json(address).await?);
+        }
         ["run", n] => {
             let (r, report) = probe(n.parse()?).with_report().await;
             r?;
             println!("{}", if report.cached > 0 { "hit" } else { "miss" });
+        }
+        ["chunky", n] => {
+            let (r, report) = chunky_flow(n.parse()?).with_report().await;
+            r?;
+            println!("{} computed {} cached", report.completed, report.cached);
         }
         ["many", n] => {
             let (r, report) = many(n.parse()?).with_report().await;
