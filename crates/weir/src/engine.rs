@@ -89,7 +89,8 @@ pub(crate) fn get() -> &'static Engine {
             weir_client::Client::new(url, settings.api_key.clone())
                 .map_err(|e| e.to_string())
                 .and_then(|c| {
-                    crate::remote::HttpTransport::start(c, settings.spool_dir.clone()).map_err(|e| e.to_string())
+                    crate::remote::HttpTransport::start(c, settings.spool_dir.clone(), settings.spool_max_bytes)
+                        .map_err(|e| e.to_string())
                 })
         });
         let transport: Option<Box<dyn Transport>> = match (remote, &settings.state_db) {

@@ -8,7 +8,7 @@
 //! dropped (reported on stderr).
 //!
 //! While the server is unreachable, events go to a spool file under `$WEIR_HOME/spool`
-//! (at most [`SPOOL_MAX`] bytes per process; beyond that events are lost and reported). The
+//! (at most [`SPOOL_MAX`] bytes per process, `WEIR_SPOOL_MAX_BYTES`; beyond that events are lost and reported). The
 //! spool is sent when the server is back: by this process, or by the next process that
 //! reports to it (a spool file is locked by its owner while the owner lives). A flush waits
 //! at most [`FLUSH_WAIT`] for the server; then it reports what stayed in the spool. Resending
@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,8 +40,12 @@ const MAX_EVENT_BYTES: usize = 1 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a flush (a root flow run's end) waits for an unreachable server.
 pub(crate) const FLUSH_WAIT: Duration = Duration::from_secs(10);
-/// The largest spool file one process writes.
+/// The largest spool file one process writes, unless `WEIR_SPOOL_MAX_BYTES` says otherwise.
 pub(crate) const SPOOL_MAX: u64 = 64 << 20;
+/// Answers of 5xx to one request before it counts as failing on its events (if the server
+/// takes an empty batch meanwhile); the pause before the next try grows by this much each time.
+const SERVER_ERROR_TRIES: u32 = 3;
+const SERVER_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -65,7 +69,7 @@ pub(crate) struct HttpTransport {
 
 impl HttpTransport {
     /// `spool_dir` holds one folder per server (see [`server_folder`]).
-    pub fn start(client: Client, spool_dir: PathBuf) -> std::io::Result<HttpTransport> {
+    pub fn start(client: Client, spool_dir: PathBuf, spool_max: u64) -> std::io::Result<HttpTransport> {
         let spool_dir = spool_dir.join(server_folder(client.base_url()));
         let (tx, rx) = mpsc::channel(QUEUE);
         let pending = std::sync::Arc::new(watch::Sender::new(Vec::new()));
@@ -78,7 +82,7 @@ impl HttpTransport {
             batch_bytes: 0,
             waiters: Vec::new(),
             losses: HashMap::new(),
-            spool: Spool::new(spool_dir),
+            spool: Spool::new(spool_dir, spool_max),
             retry_at: None,
             backoff: BACKOFF_FIRST,
             foreign: None,
@@ -306,8 +310,8 @@ impl Reporter {
     }
 
     fn spool_items(&mut self, items: Vec<Item>) {
-        if let Err(e) = self.spool.append(&items) {
-            self.lose(&items, &e);
+        if let Err((written, e)) = self.spool.append(&items) {
+            self.lose(&items[written..], &e);
         }
     }
 
@@ -327,8 +331,10 @@ impl Reporter {
         let Some(mut reader) = self.spool.reader().map_err(|e| e.to_string())? else {
             return Ok(());
         };
+        let reading = |e: std::io::Error| format!("reading the spool: {e}");
+        reader.seek(SeekFrom::Start(self.spool.sent)).map_err(reading)?;
         loop {
-            let chunk = read_chunk(&mut reader).map_err(|e| format!("reading the spool: {e}"))?;
+            let chunk = read_chunk(&mut reader).map_err(reading)?;
             if chunk.is_empty() {
                 break;
             }
@@ -337,6 +343,8 @@ impl Reporter {
                 Err(PostError::Transient(e)) => return Err(e),
                 Err(PostError::Permanent(e)) => self.lose(&chunk, &e),
             }
+            self.spool.sent = reader.stream_position().map_err(reading)?;
+            mark_sent(&self.spool.path, self.spool.sent);
         }
         self.spool.clear();
         Ok(())
@@ -349,7 +357,7 @@ impl Reporter {
             self.foreign_scanned = self.foreign.is_none();
         }
         let Some(foreign) = &mut self.foreign else { return };
-        let chunk = match read_chunk(&mut foreign.reader) {
+        let chunk = match read_chunk(&mut foreign.reader).and_then(|c| Ok((c, foreign.reader.stream_position()?))) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!(
@@ -360,6 +368,7 @@ impl Reporter {
                 return;
             }
         };
+        let (chunk, end) = chunk;
         if chunk.is_empty() {
             if let Some(f) = self.foreign.take() {
                 f.finish();
@@ -367,7 +376,13 @@ impl Reporter {
             return;
         }
         let deadline = self.earliest_deadline();
-        match self.post_all(&chunk, deadline).await {
+        let posted = self.post_all(&chunk, deadline).await;
+        if !matches!(posted, Err(PostError::Transient(_)))
+            && let Some(f) = &self.foreign
+        {
+            mark_sent(&f.path, end);
+        }
+        match posted {
             Ok(()) => {}
             // Released (its lock drops with it) and tried again when the server is back.
             Err(PostError::Transient(e)) => {
@@ -382,12 +397,48 @@ impl Reporter {
 
     /// Posts items in requests within the batch limits; a refused request is split until
     /// the refused event is alone, and only that event is dropped.
-    async fn post_all(&self, items: &[Item], deadline: Option<Instant>) -> Result<(), PostError> {
+    ///
+    /// A request the server answers with a 5xx is tried [`SERVER_ERROR_TRIES`] times; if it
+    /// still fails while the server takes an empty batch, it is the events, not the server
+    /// (a server bug on one event): the request is halved the same way, and the one event
+    /// the server always fails on is dropped and reported lost.
+    async fn post_all(&mut self, items: &[Item], deadline: Option<Instant>) -> Result<(), PostError> {
         let mut ranges: Vec<(usize, usize)> = chunks(items).into_iter().rev().collect();
+        // Parts of a request being halved for a 5xx: tried once each.
+        let mut halves = std::collections::HashSet::new();
+        let mut tries = 0;
         while let Some((start, end)) = ranges.pop() {
             let part = &items[start..end];
             match self.post(part.iter().map(|i| i.json.as_slice()), deadline).await {
-                Ok(()) => {}
+                Ok(()) => tries = 0,
+                Err(Failure::Client(ClientError::Api { status, detail })) if status >= 500 => {
+                    let why = format!("the server answered {status}: {}", detail.message);
+                    if !halves.contains(&(start, end)) {
+                        tries += 1;
+                        if tries < SERVER_ERROR_TRIES {
+                            tokio::time::sleep(SERVER_ERROR_PAUSE * tries).await;
+                            ranges.push((start, end));
+                            continue;
+                        }
+                        tries = 0;
+                    }
+                    if !self.server_answers(deadline).await {
+                        return Err(PostError::Transient(why));
+                    }
+                    if part.len() == 1 {
+                        eprintln!(
+                            "weir: warning: one event not recorded: the server fails on it ({why}) while it takes \
+                             others; dropped it and sent the rest: {}",
+                            String::from_utf8_lossy(&part[0].json[..part[0].json.len().min(300)])
+                        );
+                        self.lose_one(part[0].root, &format!("the server fails on it ({why})"));
+                        continue;
+                    }
+                    let mid = start + part.len() / 2;
+                    halves.extend([(start, mid), (mid, end)]);
+                    ranges.push((mid, end));
+                    ranges.push((start, mid));
+                }
                 Err(Failure::Client(ClientError::Api { status, detail })) if status == 422 || status == 413 => {
                     if part.len() == 1 {
                         self.refused(&part[0], status, &detail.message, deadline).await?;
@@ -418,6 +469,11 @@ impl Reporter {
             }
         }
         Ok(())
+    }
+
+    /// Whether the server takes a request at all (an empty batch).
+    async fn server_answers(&self, deadline: Option<Instant>) -> bool {
+        self.post(std::iter::empty(), deadline).await.is_ok()
     }
 
     /// One event the server refuses. A flow run refused for its parameters (too deep, say)
@@ -598,11 +654,15 @@ struct Spool {
     path: PathBuf,
     file: Option<File>,
     bytes: u64,
+    /// The most `bytes` may reach.
+    max: u64,
     events: usize,
+    /// Where the part already delivered ends.
+    sent: u64,
 }
 
 impl Spool {
-    fn new(dir: PathBuf) -> Spool {
+    fn new(dir: PathBuf, max: u64) -> Spool {
         let me = std::process::id();
         let start = weir_state::process_start_time(me).unwrap_or(0);
         let path = dir.join(format!("{me}-{start}-{:08x}.jsonl", fastrand::u32(..)));
@@ -611,7 +671,9 @@ impl Spool {
             path,
             file: None,
             bytes: 0,
+            max,
             events: 0,
+            sent: 0,
         }
     }
 
@@ -619,42 +681,69 @@ impl Spool {
         self.events == 0
     }
 
-    fn append(&mut self, items: &[Item]) -> Result<(), String> {
-        let size: u64 = items.iter().map(|i| i.json.len() as u64 + 1).sum();
-        if self.bytes + size > SPOOL_MAX {
-            return Err(format!(
-                "the server is unreachable and the spool {} is full ({} MiB)",
-                self.path.display(),
-                SPOOL_MAX >> 20
-            ));
-        }
+    /// Appends the items that fit; on error, how many were written and why the rest were not.
+    fn append(&mut self, items: &[Item]) -> Result<(), (usize, String)> {
+        let mut size = 0u64;
+        let fit = items
+            .iter()
+            .take_while(|i| {
+                size += i.json.len() as u64 + 1;
+                self.bytes + size <= self.max
+            })
+            .count();
+        let size: u64 = items[..fit].iter().map(|i| i.json.len() as u64 + 1).sum();
         let err = |e: std::io::Error| {
-            format!(
-                "the server is unreachable and the spool {} failed: {e}",
-                self.path.display()
+            (
+                0,
+                format!(
+                    "the server is unreachable and the spool {} failed: {e}",
+                    self.path.display()
+                ),
             )
         };
         if self.file.is_none() {
             std::fs::create_dir_all(&self.dir).map_err(err)?;
+            // Created under a name no other process claims, locked, and only then named
+            // `.jsonl`: a `.jsonl` file is locked from the moment it exists, so another
+            // process can never take a spool being created for a dead process's (and delete it).
+            let fresh = self.path.with_extension("new");
             let file = std::fs::OpenOptions::new()
-                .create(true)
+                .create_new(true)
                 .read(true)
                 .append(true)
-                .open(&self.path)
+                .open(&fresh)
                 .map_err(err)?;
+            test_gate();
             // Held for the life of this process: others deliver the file only once it is free.
-            file.try_lock().map_err(|e| err(std::io::Error::other(e.to_string())))?;
+            let locked = file
+                .try_lock()
+                .map_err(|e| err(std::io::Error::other(e.to_string())))
+                .and_then(|()| std::fs::rename(&fresh, &self.path).map_err(err));
+            if let Err(e) = locked {
+                let _ = std::fs::remove_file(&fresh);
+                return Err(e);
+            }
             self.file = Some(file);
         }
         let Some(file) = &mut self.file else { return Ok(()) };
         let mut out = Vec::with_capacity(size as usize);
-        for item in items {
+        for item in &items[..fit] {
             out.extend_from_slice(&item.json);
             out.push(b'\n');
         }
         file.write_all(&out).map_err(err)?;
         self.bytes += size;
-        self.events += items.len();
+        self.events += fit;
+        if fit < items.len() {
+            return Err((
+                fit,
+                format!(
+                    "the server is unreachable and the spool {} is full ({} bytes, WEIR_SPOOL_MAX_BYTES)",
+                    self.path.display(),
+                    self.max
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -671,6 +760,22 @@ impl Spool {
         }
         self.bytes = 0;
         self.events = 0;
+        self.sent = 0;
+        let _ = std::fs::remove_file(sent_path(&self.path));
+    }
+}
+
+/// A pause point for tests (`WEIR_TEST_SPOOL_GATE`, a folder): a new spool file's creation
+/// stops here, says so (`paused`) and goes on once the test writes `go` (at most 60 s), so a
+/// test can put another process's claim inside what used to be a race window.
+fn test_gate() {
+    let Some(dir) = std::env::var_os("WEIR_TEST_SPOOL_GATE").map(PathBuf::from) else {
+        return;
+    };
+    let _ = std::fs::write(dir.join("paused"), b"");
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !dir.join("go").exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -694,10 +799,11 @@ impl Foreign {
             if file.try_lock().is_err() {
                 continue;
             }
-            return Some(Foreign {
-                path,
-                reader: BufReader::new(file),
-            });
+            let mut reader = BufReader::new(file);
+            if reader.seek(SeekFrom::Start(read_sent(&path))).is_err() {
+                continue;
+            }
+            return Some(Foreign { path, reader });
         }
         None
     }
@@ -706,7 +812,27 @@ impl Foreign {
     fn finish(self) {
         let _ = self.reader.get_ref().set_len(0);
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(sent_path(&self.path));
     }
+}
+
+/// Where the delivered part of a spool ends, kept beside it (`<spool>.sent`): a delivery cut
+/// short (the server gone again, the delivering process ended) resumes there, by this process
+/// or the next, instead of resending what the server already has. Written after each
+/// delivered request; a marker lost or torn only means a resend (which is safe, just noisy).
+fn sent_path(spool: &Path) -> PathBuf {
+    spool.with_extension("sent")
+}
+
+fn mark_sent(spool: &Path, offset: u64) {
+    let _ = std::fs::write(sent_path(spool), offset.to_string());
+}
+
+fn read_sent(spool: &Path) -> u64 {
+    std::fs::read_to_string(sent_path(spool))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 // ---------- what the server would refuse, made acceptable ----------

@@ -56,11 +56,14 @@ pub struct Settings {
     /// every flow run fails at its start with this message instead of running on settings
     /// that silently lack the profile.
     pub profile_error: Option<String>,
+    /// The largest spool file one process writes (`WEIR_SPOOL_MAX_BYTES`, default `64MiB`);
+    /// events past it are lost and reported.
+    pub spool_max_bytes: u64,
 }
 
 impl Settings {
     /// Reads `WEIR_HOME`, `WEIR_RESULTS_DIR`, `WEIR_STATE_DB`, `WEIR_REFRESH_CACHE`, `WEIR_LOG`,
-    /// `WEIR_PROGRESS` and `WEIR_CACHE_FSYNC`, and the active profile. A broken profile (see
+    /// `WEIR_PROGRESS`, `WEIR_CACHE_FSYNC` and `WEIR_SPOOL_MAX_BYTES`, and the active profile. A broken profile (see
     /// [`Settings::try_from_env`]) is kept in [`Settings::profile_error`]: flows then refuse
     /// to start, saying why.
     pub fn from_env() -> Settings {
@@ -111,6 +114,10 @@ impl Settings {
         Settings {
             artifacts_dir: paths.home.join("artifacts"),
             spool_dir: paths.home.join("spool"),
+            spool_max_bytes: std::env::var("WEIR_SPOOL_MAX_BYTES")
+                .ok()
+                .and_then(|s| s.trim().parse::<bytesize::ByteSize>().ok())
+                .map_or(crate::remote::SPOOL_MAX, |b| b.as_u64()),
             results: results.location,
             local_cache: results.local_cache,
             compression: std::env::var("WEIR_COMPRESSION").map(|v| v == "zstd").unwrap_or(false),

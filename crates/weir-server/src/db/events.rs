@@ -498,17 +498,14 @@ impl Db {
         Ok(())
     }
 
-    /// Log lines of a flow run after sequence number `after`, oldest first.
+    /// Log lines of a flow run after sequence number `after`, oldest first ([`LOGS_QUERY`]).
     pub async fn logs(&self, flow_run: FlowRunId, after: i64, limit: usize) -> Result<Vec<(i64, LogRecord)>, DbError> {
-        let rows = sqlx::query(
-            "SELECT seq, flow_run_id, task_run_id, at, level, target, message FROM logs
-             WHERE flow_run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(flow_run.to_string())
-        .bind(after)
-        .bind(limit.clamp(1, 5000) as i64)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(LOGS_QUERY)
+            .bind(flow_run.to_string())
+            .bind(after)
+            .bind(limit.clamp(1, 5000) as i64)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -527,3 +524,7 @@ impl Db {
             .map_err(Into::into)
     }
 }
+
+/// A page of a flow run's log lines: `$1` the run, after `$2`, at most `$3`.
+pub(super) const LOGS_QUERY: &str = "SELECT seq, flow_run_id, task_run_id, at, level, target, message FROM logs \
+     WHERE flow_run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";

@@ -50,18 +50,22 @@ pub struct FlowRunFilter {
     pub cursor: Option<String>,
 }
 
+/// The tags of `n` runs.
+pub(super) fn tags_query(n: usize) -> String {
+    let placeholders: Vec<String> = (1..=n).map(|n| format!("${n}")).collect();
+    format!(
+        "SELECT flow_run_id, tag FROM flow_run_tags WHERE flow_run_id IN ({}) ORDER BY tag",
+        placeholders.join(", ")
+    )
+}
+
 impl Db {
     /// Tags of a page of runs in one query, not one per run.
     pub(super) async fn fill_tags(&self, runs: &mut [FlowRunRecord]) -> Result<(), sqlx::Error> {
         if runs.is_empty() {
             return Ok(());
         }
-        let placeholders: Vec<String> = (1..=runs.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "SELECT flow_run_id, tag FROM flow_run_tags WHERE flow_run_id IN ({}) ORDER BY tag",
-            placeholders.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(tags_query(runs.len())));
         for r in runs.iter() {
             q = q.bind(r.id.to_string());
         }
@@ -86,43 +90,7 @@ impl Db {
     }
 
     pub async fn list_flow_runs(&self, f: FlowRunFilter) -> Result<(Vec<FlowRunRecord>, Option<String>), DbError> {
-        let mut q = Query::new();
-        if let Some(s) = f.state {
-            q.text(|n| format!("state = ${n}"), s.as_str().to_string());
-        }
-        if let Some(flow) = f.flow {
-            q.text(|n| format!("flow_name = ${n}"), flow);
-        }
-        if let Some(tag) = f.tag {
-            q.text(
-                // Walks the runs newest first and probes the (tag, run) key of each: a page
-                // costs about as many probes as the tag is rare, not a sort of all its runs.
-                |n| {
-                    format!(
-                        "EXISTS (SELECT 1 FROM flow_run_tags t WHERE t.tag = ${n} AND t.flow_run_id = flow_runs.id)"
-                    )
-                },
-                tag,
-            );
-        }
-        if let Some(parent) = f.parent {
-            q.text(|n| format!("parent_flow_run_id = ${n}"), parent.to_string());
-        }
-        if let Some(t) = f.created_after {
-            q.int(|n| format!("created_at >= ${n}"), t);
-        }
-        if let Some(t) = f.created_before {
-            q.int(|n| format!("created_at < ${n}"), t);
-        }
-        if let Some(c) = &f.cursor {
-            q.cursor(parse_cursor(c)?);
-        }
-        let limit = f.limit.clamp(1, 500);
-        let sql = format!(
-            "SELECT {FLOW_COLS} FROM flow_runs {} ORDER BY created_at DESC, id DESC LIMIT {}",
-            q.where_clause(),
-            limit + 1
-        );
+        let (q, sql, limit) = list_flow_runs_query(f)?;
         let rows = q.fetch(&self.pool, sql).await?;
         let mut runs = rows.iter().map(flow_run).collect::<Result<Vec<_>, _>>()?;
         let next = if runs.len() > limit {
@@ -134,7 +102,47 @@ impl Db {
         self.fill_tags(&mut runs).await?;
         Ok((runs, next))
     }
+}
 
+/// The list query and its page size (apart, so `plans` can check how it runs).
+pub(super) fn list_flow_runs_query(f: FlowRunFilter) -> Result<(Query, String, usize), DbError> {
+    let mut q = Query::new();
+    if let Some(s) = f.state {
+        q.text(|n| format!("state = ${n}"), s.as_str().to_string());
+    }
+    if let Some(flow) = f.flow {
+        q.text(|n| format!("flow_name = ${n}"), flow);
+    }
+    if let Some(tag) = f.tag {
+        q.text(
+            // Walks the runs newest first and probes the (tag, run) key of each: a page
+            // costs about as many probes as the tag is rare, not a sort of all its runs.
+            |n| format!("EXISTS (SELECT 1 FROM flow_run_tags t WHERE t.tag = ${n} AND t.flow_run_id = flow_runs.id)"),
+            tag,
+        );
+    }
+    if let Some(parent) = f.parent {
+        q.text(|n| format!("parent_flow_run_id = ${n}"), parent.to_string());
+    }
+    if let Some(t) = f.created_after {
+        q.int(|n| format!("created_at >= ${n}"), t);
+    }
+    if let Some(t) = f.created_before {
+        q.int(|n| format!("created_at < ${n}"), t);
+    }
+    if let Some(c) = &f.cursor {
+        q.cursor(parse_cursor(c)?);
+    }
+    let limit = f.limit.clamp(1, 500);
+    let sql = format!(
+        "SELECT {FLOW_COLS} FROM flow_runs {} ORDER BY created_at DESC, id DESC LIMIT {}",
+        q.where_clause(),
+        limit + 1
+    );
+    Ok((q, sql, limit))
+}
+
+impl Db {
     pub async fn flow_run(&self, id: FlowRunId) -> Result<FlowRunRecord, DbError> {
         let sql = format!("SELECT {FLOW_COLS} FROM flow_runs WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))

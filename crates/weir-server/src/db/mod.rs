@@ -18,6 +18,8 @@ mod events;
 mod flow_runs;
 mod flows;
 mod migrate;
+#[cfg(test)]
+mod plans;
 mod query;
 mod rules;
 mod task_runs;

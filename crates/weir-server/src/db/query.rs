@@ -98,6 +98,13 @@ impl Query {
         }
     }
     pub(super) async fn fetch(self, pool: &AnyPool, sql: String) -> Result<Vec<AnyRow>, sqlx::Error> {
+        self.fetch_on(pool, sql).await
+    }
+    pub(super) async fn fetch_on<'c>(
+        self,
+        on: impl sqlx::Executor<'c, Database = sqlx::Any>,
+        sql: String,
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for a in self.args {
             q = match a {
@@ -105,6 +112,6 @@ impl Query {
                 Arg::Int(i) => q.bind(i),
             };
         }
-        q.fetch_all(pool).await
+        q.fetch_all(on).await
     }
 }

@@ -37,22 +37,7 @@ impl Db {
         limit: usize,
         cursor: Option<String>,
     ) -> Result<(Vec<TaskRunRecord>, Option<String>), DbError> {
-        let mut q = Query::new();
-        if let Some(f) = flow_run {
-            q.text(|n| format!("flow_run_id = ${n}"), f.to_string());
-        }
-        if let Some(s) = state {
-            q.text(|n| format!("state = ${n}"), s.as_str().to_string());
-        }
-        if let Some(c) = &cursor {
-            q.cursor(parse_cursor(c)?);
-        }
-        let limit = limit.clamp(1, 1000);
-        let sql = format!(
-            "SELECT {TASK_COLS} FROM task_runs {} ORDER BY created_at DESC, id DESC LIMIT {}",
-            q.where_clause(),
-            limit + 1
-        );
+        let (q, sql, limit) = list_task_runs_query(flow_run, state, limit, cursor)?;
         let rows = q.fetch(&self.pool, sql).await?;
         let mut runs = rows.iter().map(task_run).collect::<Result<Vec<_>, _>>()?;
         let next = if runs.len() > limit {
@@ -63,7 +48,35 @@ impl Db {
         };
         Ok((runs, next))
     }
+}
 
+/// The list query and its page size (apart, so `plans` can check how it runs).
+pub(super) fn list_task_runs_query(
+    flow_run: Option<FlowRunId>,
+    state: Option<State>,
+    limit: usize,
+    cursor: Option<String>,
+) -> Result<(Query, String, usize), DbError> {
+    let mut q = Query::new();
+    if let Some(f) = flow_run {
+        q.text(|n| format!("flow_run_id = ${n}"), f.to_string());
+    }
+    if let Some(s) = state {
+        q.text(|n| format!("state = ${n}"), s.as_str().to_string());
+    }
+    if let Some(c) = &cursor {
+        q.cursor(parse_cursor(c)?);
+    }
+    let limit = limit.clamp(1, 1000);
+    let sql = format!(
+        "SELECT {TASK_COLS} FROM task_runs {} ORDER BY created_at DESC, id DESC LIMIT {}",
+        q.where_clause(),
+        limit + 1
+    );
+    Ok((q, sql, limit))
+}
+
+impl Db {
     pub async fn task_run(&self, id: TaskRunId) -> Result<TaskRunRecord, DbError> {
         let sql = format!("SELECT {TASK_COLS} FROM task_runs WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
