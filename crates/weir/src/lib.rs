@@ -79,6 +79,7 @@ pub mod logging;
 mod map;
 mod remote;
 mod settings;
+mod shell;
 mod task;
 pub mod testing;
 
@@ -87,6 +88,7 @@ pub use cache::{KeyError, KeyMaterial, OnDuplicate};
 pub use flow::{FlowCall, FlowError, FlowSpec, RunReport};
 pub use map::{DEFAULT_MAP_LIMIT, MapCall, MapExt, all};
 pub use settings::{AlreadyConfigured, ProgressMode, Settings, configure};
+pub use shell::{Shell, ShellError, shell};
 pub use task::{Backoff, CachePolicy, TaskCall, TaskError, TaskHandle, TaskOutput, TaskSpec};
 pub use weir_cache::{CacheKey, Format};
 pub use weir_macros::{flow, task};
