@@ -26,6 +26,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "arrow")]
+pub mod arrow;
 mod folder;
 mod validate;
 
@@ -91,6 +93,9 @@ pub enum DatasetError {
         #[source]
         source: opendal::Error,
     },
+    /// Batches that could not be encoded or decoded (feature `arrow`).
+    #[error("{format}: {message}")]
+    Encoding { format: &'static str, message: String },
     #[error("{path}: unreadable pointer: {source}")]
     Pointer {
         path: String,
