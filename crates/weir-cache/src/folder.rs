@@ -71,19 +71,31 @@ impl FolderBackend {
         mode: WriteMode,
         fill: impl FnOnce(&mut tempfile::NamedTempFile) -> Result<(), BackendError>,
     ) -> Result<Written, BackendError> {
+        self.write_via_temp_as(path, mode, self.fsync, fill)
+    }
+
+    /// [`FolderBackend::write_via_temp`], durable (fsynced: data, name, new directories)
+    /// only if `durable`. Either way the name appears complete or not at all.
+    fn write_via_temp_as(
+        &self,
+        path: &str,
+        mode: WriteMode,
+        durable: bool,
+        fill: impl FnOnce(&mut tempfile::NamedTempFile) -> Result<(), BackendError>,
+    ) -> Result<Written, BackendError> {
         let dest = self.path_of(path);
         if let Some(parent) = dest.parent() {
-            self.ensure_dir(parent)?;
+            self.ensure_dir(parent, durable)?;
         }
         let mut tmp = tempfile::Builder::new()
             .prefix(".w-")
             .tempfile_in(&self.tmp)
             .map_err(|e| self.err("create", &self.tmp, e))?;
         fill(&mut tmp)?;
-        if self.fsync {
+        if durable {
             tmp.as_file().sync_all().map_err(|e| self.err("fsync", tmp.path(), e))?;
         }
-        self.publish(tmp, &dest, mode)
+        self.publish(tmp, &dest, mode, durable)
     }
 
     fn write_sync(&self, path: &str, bytes: &[u8], mode: WriteMode) -> Result<Written, BackendError> {
@@ -96,7 +108,13 @@ impl FolderBackend {
     /// the name exists, even on a shared mount), `rename(2)` to replace; then fsyncs the
     /// directory, so the name is as durable as the data (the next file published — the
     /// manifest after its blob — can only ever be found with what it names).
-    fn publish(&self, tmp: tempfile::NamedTempFile, dest: &Path, mode: WriteMode) -> Result<Written, BackendError> {
+    fn publish(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        dest: &Path,
+        mode: WriteMode,
+        durable: bool,
+    ) -> Result<Written, BackendError> {
         // Close before publishing: network filesystems (JuiceFS, NFS) hand a file's data to
         // other clients on close, so a name published while the file is open can read as empty
         // elsewhere when fsync is off.
@@ -112,7 +130,7 @@ impl FolderBackend {
                 tmp.persist(dest).map_err(|e| self.err("rename", dest, e.error))?;
             }
         }
-        if let Some(parent) = dest.parent() {
+        if durable && let Some(parent) = dest.parent() {
             self.sync_dir(parent)?;
         }
         Ok(Written::Created)
@@ -132,8 +150,8 @@ impl FolderBackend {
         }
     }
 
-    /// Creates `dir` (and missing parents), each made durable in its parent.
-    fn ensure_dir(&self, dir: &Path) -> Result<(), BackendError> {
+    /// Creates `dir` (and missing parents), each made durable in its parent if `durable`.
+    fn ensure_dir(&self, dir: &Path, durable: bool) -> Result<(), BackendError> {
         if dir.is_dir() {
             return Ok(());
         }
@@ -147,6 +165,9 @@ impl FolderBackend {
             }
         }
         fs::create_dir_all(dir).map_err(|e| self.err("create", dir, e))?;
+        if !durable {
+            return Ok(());
+        }
         for created in missing.iter().rev() {
             if let Some(parent) = created.parent() {
                 self.sync_dir(parent)?;
@@ -345,6 +366,13 @@ impl Backend for FolderBackend {
         mode: WriteMode,
     ) -> BoxFuture<'a, Result<Written, BackendError>> {
         Box::pin(std::future::ready(self.write_sync(path, &bytes, mode)))
+    }
+
+    fn create_volatile<'a>(&'a self, path: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, Result<Written, BackendError>> {
+        let written = self.write_via_temp_as(path, WriteMode::IfAbsent, false, |tmp| {
+            tmp.write_all(&bytes).map_err(|e| self.err("write", tmp.path(), e))
+        });
+        Box::pin(std::future::ready(written))
     }
 
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {

@@ -28,7 +28,7 @@ pub mod tier;
 
 pub use format::Format;
 pub use key::{CacheKey, InputDigest, KeyParts};
-pub use location::{OpenOptions, open};
+pub use location::{OpenOptions, open, open_with_credentials};
 pub use store::{
     BLOB_REFRESH_AGE_MICROS, Compression, EntryMeta, FileLookup, GcOptions, GcReport, Lease, LeaseOutcome, LeaseRecord,
     Lookup, MIN_REUPLOAD_GRACE_MICROS, PutMode, PutOutcome, Renewal, ResultStore, Store, StoreError, StoreStats,

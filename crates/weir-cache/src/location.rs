@@ -50,6 +50,16 @@ fn config(msg: impl Into<String>) -> StoreError {
 
 /// Opens the store a URL names.
 pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn ResultStore>, StoreError> {
+    open_with_credentials(location, opts, None)
+}
+
+/// [`open`], with S3 credentials given instead of read from `AWS_ACCESS_KEY_ID` /
+/// `AWS_SECRET_ACCESS_KEY` (a store named by an `s3-bucket` block carries its own).
+pub fn open_with_credentials(
+    location: &str,
+    opts: &OpenOptions,
+    credentials: Option<&weir_types::block::AwsCredentials>,
+) -> Result<Arc<dyn ResultStore>, StoreError> {
     let location = location.trim();
     if location.is_empty() {
         return Err(config("empty result store location"));
@@ -92,7 +102,11 @@ pub fn open(location: &str, opts: &OpenOptions) -> Result<Arc<dyn ResultStore>, 
             if let Some(endpoint) = query("endpoint").or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()) {
                 b = b.endpoint(&endpoint);
             }
-            if let (Ok(id), Ok(secret)) = (
+            if let Some(c) = credentials {
+                b = b
+                    .access_key_id(&c.access_key_id)
+                    .secret_access_key(&c.secret_access_key);
+            } else if let (Ok(id), Ok(secret)) = (
                 std::env::var("AWS_ACCESS_KEY_ID"),
                 std::env::var("AWS_SECRET_ACCESS_KEY"),
             ) {

@@ -11,8 +11,9 @@
 //! stale: the engine then computes the task without the cache (correctness over
 //! availability).
 //!
-//! Writes go to the remote first, then locally. The local folder (results in `v1/`, file
-//! results downloaded from the remote in `files/`) has a size cap; when it is exceeded the
+//! Writes go to the remote first, then locally. The local folder (results in `v1/`, small
+//! ones inside their manifests, file results downloaded from the remote in `files/`) has a
+//! size cap, counting every file (manifests too); when it is exceeded the
 //! least recently used entries and files go (a local hit refreshes their modification time).
 
 use std::collections::{HashMap, HashSet};
@@ -147,7 +148,8 @@ impl Tiered {
         if let Some(old) = replaced.filter(|old| *old != stored.blob) {
             let _ = self.local_folder.delete(&blob_path(&old)).await;
         }
-        self.account(stored.size).await;
+        // The blob (or the inline bytes), and roughly its manifest.
+        self.account(stored.size + 512).await;
     }
 
     /// Adds `bytes` to the local folder's size, evicting when over the cap.
@@ -159,7 +161,8 @@ impl Tiered {
     async fn account_sparing(&self, bytes: u64, spare: &[String]) {
         if !self.sized.swap(true, Ordering::Relaxed) {
             let mut total = 0;
-            for prefix in ["v1/blobs/", "files/"] {
+            // Manifests too: a small result lives inside its manifest, with no blob file.
+            for prefix in ["v1/manifests/", "v1/blobs/", "files/"] {
                 if let Ok(objs) = self.local_folder.list(prefix).await {
                     total += objs.iter().map(|o| o.size).sum::<u64>();
                 }
@@ -186,19 +189,21 @@ impl Tiered {
         let orphan_before = now_micros() - ORPHAN_GRACE_MICROS;
         let name = |path: &str| path.rsplit('/').next().unwrap_or("").to_string();
         let blob_sizes: HashMap<String, u64> = blobs.iter().map(|b| (name(&b.path), b.size)).collect();
-        let mut total: u64 = blob_sizes.values().sum();
+        let mut total: u64 = blob_sizes.values().sum::<u64>() + manifests.iter().map(|m| m.size).sum::<u64>();
         let mut referenced = HashSet::new();
         let mut candidates = Vec::with_capacity(manifests.len() + files.len());
         for m in manifests {
             let Some(blob) = self.local_blob(&m.path).await else {
                 // Unreadable local manifests are worthless copies.
                 let _ = self.local_folder.delete(&m.path).await;
+                total = total.saturating_sub(m.size);
                 continue;
             };
             referenced.insert(blob.clone());
             candidates.push(Evictable {
                 path: m.path,
-                size: blob_sizes.get(&blob).copied().unwrap_or(0),
+                // An inline result has no blob file: its manifest is all it takes.
+                size: m.size,
                 blob: Some(blob),
                 used: m.modified,
             });
@@ -237,15 +242,14 @@ impl Tiered {
                 break;
             }
             let _ = self.local_folder.delete(&c.path).await;
+            total = total.saturating_sub(c.size);
             // A blob shared with a surviving entry turns that entry into a local miss,
             // which the remote answers: harmless.
             if let Some(blob) = &c.blob {
                 let _ = self.local_folder.delete(&blob_path(blob)).await;
                 if gone.insert(blob.clone()) {
-                    total = total.saturating_sub(c.size);
+                    total = total.saturating_sub(blob_sizes.get(blob).copied().unwrap_or(0));
                 }
-            } else {
-                total = total.saturating_sub(c.size);
             }
             self.counters.evictions.fetch_add(1, Ordering::Relaxed);
         }

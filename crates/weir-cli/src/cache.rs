@@ -70,7 +70,10 @@ pub enum CacheCommand {
     },
 }
 
-fn open_store() -> anyhow::Result<(Arc<dyn ResultStore>, String)> {
+/// The result store flows use, and how to name it: `WEIR_RESULTS` (a path or URL), or for
+/// `block:s3-bucket/NAME` / `block:local-file-system/NAME` the store that block on the server
+/// names, opened with its credentials as the SDK opens it.
+async fn open_store() -> anyhow::Result<(Arc<dyn ResultStore>, String)> {
     let paths = Paths::from_env();
     let cfg = ResultsConfig::from_env(&paths);
     // Opened as the SDK opens it, local tier included: listing and stats read the shared
@@ -79,9 +82,30 @@ fn open_store() -> anyhow::Result<(Arc<dyn ResultStore>, String)> {
         local_tier: cfg.local_cache.clone(),
         ..OpenOptions::default()
     };
-    let store =
-        weir_cache::open(&cfg.location, &opts).with_context(|| format!("opening the result store {}", cfg.location))?;
-    Ok((store, cfg.location))
+    let Some(spec) = cfg.location.strip_prefix("block:") else {
+        let store = weir_cache::open(&cfg.location, &opts)
+            .with_context(|| format!("opening the result store {}", cfg.location))?;
+        return Ok((store, cfg.location));
+    };
+    let named = format!("WEIR_RESULTS={}", cfg.location);
+    let client = server_client(&paths).with_context(|| named.clone())?;
+    // Bounded by the client's timeouts (5 s to connect, 30 s in all).
+    let resolved = client
+        .resolve_store(spec)
+        .await
+        .with_context(|| format!("{named}: reading the block from the server"))?;
+    let store = weir_cache::open_with_credentials(&resolved.location, &opts, resolved.credentials.as_ref())
+        .with_context(|| format!("{named}: opening the result store {}", resolved.location))?;
+    Ok((store, format!("{} ({})", cfg.location, resolved.location)))
+}
+
+/// A client of the server blocks live on (`WEIR_API_URL`, `WEIR_API_KEY` or the profile).
+fn server_client(paths: &Paths) -> anyhow::Result<weir_client::Client> {
+    let Some((url, _)) = weir_types::profile::try_lookup(&paths.home, "api_url")? else {
+        bail!("blocks live on the weir server, and no server is configured (set WEIR_API_URL, or a profile's api_url)");
+    };
+    let key = weir_types::profile::try_lookup(&paths.home, "api_key")?.map(|(k, _)| k);
+    Ok(weir_client::Client::new(&url, key)?)
 }
 
 async fn find_entry(store: &dyn ResultStore, wanted: &str) -> anyhow::Result<EntryMeta> {
@@ -157,7 +181,7 @@ async fn run_async(cmd: CacheCommand, runs: Runs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
         CacheCommand::Ls { task, flow, json } => {
-            let (store, _) = open_store()?;
+            let (store, _) = open_store().await?;
             let entries: Vec<EntryMeta> = store
                 .entries()
                 .await?
@@ -193,7 +217,7 @@ async fn run_async(cmd: CacheCommand, runs: Runs) -> anyhow::Result<()> {
             writeln!(out, "{t}")?;
         }
         CacheCommand::Show { key, json } => {
-            let (store, _) = open_store()?;
+            let (store, _) = open_store().await?;
             let m = find_entry(store.as_ref(), &key).await?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &m)?;
@@ -245,7 +269,7 @@ async fn run_async(cmd: CacheCommand, runs: Runs) -> anyhow::Result<()> {
             }
         }
         CacheCommand::Rm { key } => {
-            let (store, _) = open_store()?;
+            let (store, _) = open_store().await?;
             let m = find_entry(store.as_ref(), &key).await?;
             let key: CacheKey = m.key.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
             store.remove(&key).await?;
@@ -258,7 +282,7 @@ async fn run_async(cmd: CacheCommand, runs: Runs) -> anyhow::Result<()> {
             grace,
             json,
         } => {
-            let (store, location) = open_store()?;
+            let (store, location) = open_store().await?;
             let older = older_than
                 .map(|s| weir_types::duration::parse(&s))
                 .transpose()?
@@ -299,7 +323,7 @@ async fn run_async(cmd: CacheCommand, runs: Runs) -> anyhow::Result<()> {
             )?;
         }
         CacheCommand::Stats { json } => {
-            let (store, location) = open_store()?;
+            let (store, location) = open_store().await?;
             let stats = store.stats(now_micros()).await?;
             let Runs::Counts { counts, remote } = runs else {
                 bail!("internal: cache stats without run counts")
@@ -353,7 +377,7 @@ async fn run_async(cmd: CacheCommand, runs: Runs) -> anyhow::Result<()> {
             let Runs::OfTask(task_runs) = runs else {
                 bail!("internal: cache explain without task runs")
             };
-            let (store, _) = open_store()?;
+            let (store, _) = open_store().await?;
             let explanation = explain(store.as_ref(), &task_runs).await?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &explanation)?;

@@ -1,5 +1,6 @@
 //! The `weir` command. Thin glue: argument parsing here, work in the library crates.
 
+mod block;
 mod cache;
 mod profile;
 mod runs;
@@ -34,6 +35,9 @@ enum Command {
     /// Named sets of settings (dev, prod…) in WEIR_HOME/profiles.toml.
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
+    /// Blocks: named, typed, versioned configuration documents on the server (WEIR_API_URL).
+    #[command(subcommand)]
+    Block(block::BlockCommand),
     /// The settings in force and where each came from.
     #[command(subcommand)]
     Config(profile::ConfigCommand),
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Server(cmd) => server::run(cmd),
         Command::Profile(cmd) => profile::run_profile(cmd),
         Command::Config(cmd) => profile::run_config(cmd),
+        Command::Block(cmd) => block::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -207,6 +207,19 @@ pub fn run_config(cmd: ConfigCommand) -> anyhow::Result<()> {
         };
         rows.push((key.to_string(), shown, source.to_string()));
     }
+    // Where the server's block secret key comes from; never the key itself.
+    rows.push(match std::env::var("WEIR_SECRET_KEY") {
+        Ok(_) => (
+            "secret_key".into(),
+            "********".into(),
+            "environment (WEIR_SECRET_KEY)".into(),
+        ),
+        Err(_) => (
+            "secret_key".into(),
+            format!("key file {}", paths.home.join("secret.key").display()),
+            "default".into(),
+        ),
+    });
     rows.push((
         "state_db".into(),
         paths.state_db.display().to_string(),

@@ -103,6 +103,12 @@ async fn records(home: &Path, second_source: &str, second_inputs: &[(&str, &str)
         hostname: "h".into(),
         pid: 1,
         tags: vec![],
+        deployment: None,
+        scheduled_at: None,
+        work_pool: None,
+        worker: None,
+        retry_of: None,
+        cancel_requested: false,
     })];
     for (status, key) in [(CacheStatus::Hit, k1.clone()), (CacheStatus::Miss, k2.clone())] {
         events.push(Event::TaskRun(TaskRunRecord {

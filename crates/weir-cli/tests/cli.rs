@@ -39,6 +39,12 @@ fn record(home: &Path) -> (FlowRunId, TaskRunId) {
         hostname: "elsewhere".into(),
         pid: 1,
         tags: vec![],
+        deployment: None,
+        scheduled_at: None,
+        work_pool: None,
+        worker: None,
+        retry_of: None,
+        cancel_requested: false,
     }));
     writer.send(Event::TaskRun(TaskRunRecord {
         id: task,
@@ -165,6 +171,12 @@ fn a_run_left_running_by_a_dead_process_shows_as_crashed() {
         hostname: host,
         pid,
         tags: vec![],
+        deployment: None,
+        scheduled_at: None,
+        work_pool: None,
+        worker: None,
+        retry_of: None,
+        cancel_requested: false,
     }));
     // A run whose pid is alive (this test's own) but was recorded by an earlier process
     // with that pid, which started at another time: the pid was reused.
@@ -188,6 +200,12 @@ fn a_run_left_running_by_a_dead_process_shows_as_crashed() {
             .to_string(),
         pid: me,
         tags: vec![],
+        deployment: None,
+        scheduled_at: None,
+        work_pool: None,
+        worker: None,
+        retry_of: None,
+        cancel_requested: false,
     }));
     futures::executor::block_on(writer.flush()).unwrap();
     let conn = rusqlite::Connection::open(home.path().join("weir.db")).unwrap();

@@ -44,6 +44,12 @@ fn flow(id: FlowRunId, n: i64) -> FlowRunRecord {
         hostname: "elsewhere".into(),
         pid: 1,
         tags: vec![],
+        deployment: None,
+        scheduled_at: None,
+        work_pool: None,
+        worker: None,
+        retry_of: None,
+        cancel_requested: false,
     }
 }
 

@@ -260,6 +260,12 @@ fn sigterm_drains_the_request_in_flight_and_requests_are_logged() {
         hostname: "h".into(),
         pid: 1,
         tags: vec![],
+        deployment: None,
+        scheduled_at: None,
+        work_pool: None,
+        worker: None,
+        retry_of: None,
+        cancel_requested: false,
     };
     rt.block_on(client.post_events(&[weir_types::Event::FlowRun(run)]))
         .unwrap();
@@ -341,6 +347,12 @@ fn runs_commands_page_through_everything_on_a_server() {
         hostname: "elsewhere".into(),
         pid: 1,
         tags: vec![],
+        deployment: None,
+        scheduled_at: None,
+        work_pool: None,
+        worker: None,
+        retry_of: None,
+        cancel_requested: false,
     };
     let oldest = FlowRunId::new();
     let mut events = vec![Event::FlowRun(run(oldest, 0))];

@@ -40,6 +40,9 @@ pub enum ClientError {
     },
     #[error("unexpected answer from {url}: {message}")]
     Decode { url: String, message: String },
+    /// A block cannot be used as asked (wrong type for the purpose, bad address).
+    #[error("{0}")]
+    Block(String),
 }
 
 impl ClientError {
@@ -151,6 +154,15 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
+        let body = self.send_raw(req, url).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            url: redact_url(url),
+            message: e.to_string(),
+        })
+    }
+
+    /// Sends, and answers the body of a successful answer (an error answer as an error).
+    async fn send_raw(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, ClientError> {
         let req = match &self.key {
             Some(k) => req.bearer_auth(k),
             None => req,
@@ -180,10 +192,7 @@ impl Client {
                 detail,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
-            url: redact_url(url),
-            message: e.to_string(),
-        })
+        Ok(body.to_vec())
     }
 
     /// Records events (run snapshots, states, logs). Retrying a batch is safe.
@@ -303,6 +312,9 @@ impl Client {
         }
     }
 }
+
+mod blocks;
+pub use blocks::ResolvedStore;
 
 #[cfg(test)]
 mod tests {

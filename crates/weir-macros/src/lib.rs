@@ -513,6 +513,20 @@ fn expand_task(opts: TaskOpts, func: ItemFn, source_hash: String) -> syn::Result
         }
     };
 
+    // Hash-keyed tasks must own their key path (see `KeyPathClaim`); named results are
+    // keyed by their name instead.
+    let hashed = cached && opts.result_key.is_none();
+    let key_material = if hashed {
+        quote! {
+            match #name::__weir_key_path_claim().check() {
+                ::core::result::Result::Ok(()) => #key_material,
+                ::core::result::Result::Err(e) => ::core::result::Result::Err(e),
+            }
+        }
+    } else {
+        key_material
+    };
+
     let construct = if opts.result_key.is_some() {
         let names = &param_names;
         quote!({
@@ -541,14 +555,24 @@ fn expand_task(opts: TaskOpts, func: ItemFn, source_hash: String) -> syn::Result
             /// `module_path!()` leaves out.
             struct __WeirTaskMarker;
 
-            fn __weir_key_path() -> &'static str {
-                static PATH: ::std::sync::OnceLock<::std::string::String> = ::std::sync::OnceLock::new();
-                PATH.get_or_init(|| {
-                    ::weir::__private::task_key_path(
-                        ::core::module_path!(),
-                        ::core::any::type_name::<__WeirTaskMarker>(),
+            /// This definition's key path; its `static` is what tells it apart from another
+            /// definition with the same path. After the first call, one atomic load.
+            pub(super) fn __weir_key_path_claim() -> &'static ::weir::__private::KeyPathClaim {
+                static CLAIM: ::std::sync::OnceLock<::weir::__private::KeyPathClaim> = ::std::sync::OnceLock::new();
+                CLAIM.get_or_init(|| {
+                    ::weir::__private::KeyPathClaim::new(
+                        ::weir::__private::task_key_path(
+                            ::core::module_path!(),
+                            ::core::any::type_name::<__WeirTaskMarker>(),
+                        ),
+                        &CLAIM as *const _ as usize,
+                        #hashed,
                     )
                 })
+            }
+
+            fn __weir_key_path() -> &'static str {
+                __weir_key_path_claim().path()
             }
 
             /// The static description of this task.

@@ -8,6 +8,8 @@
 //!
 //! ```text
 //! cargo bench -p weir-server --bench api
+//! cargo bench -p weir-server --bench api -- ingest     # the two ingest rates only
+//! cargo bench -p weir-server --bench api -- sqlite     # one database (or `postgres`)
 //! ```
 
 #[path = "../tests/support/pg.rs"]
@@ -214,10 +216,15 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-async fn run(name: &str, url: &str) {
+async fn run(name: &str, url: &str, ingest_only: bool) {
     let (base, db) = serve(url).await;
     let ups = updates_per_second(&base).await;
     let ingest = batched_ingest(&base).await;
+    if ingest_only {
+        println!("| {name} | single updates, 32 clients | {ups:.0} /s | |");
+        println!("| {name} | batched ingest (task-run state changes) | {ingest:.0} /s | |");
+        return;
+    }
     let t = Instant::now();
     let busy = load(&db).await;
     let loaded = t.elapsed();
@@ -262,14 +269,26 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |a: &str| args.iter().any(|x| x == a);
+    let ingest_only = has("ingest");
+    let (sqlite, postgres) = match (has("sqlite"), has("postgres")) {
+        (false, false) => (true, true),
+        pick => pick,
+    };
     rt.block_on(async {
         println!("| database | case | result | |");
         println!("|---|---|---|---|");
         let dir = tempfile::tempdir().expect("temp dir");
-        run("SQLite", &format!("sqlite://{}", dir.path().join("bench.db").display())).await;
-        match pg::Pg::start() {
-            Some(pg) => run("PostgreSQL 15", &pg.url()).await,
-            None => println!("| PostgreSQL 15 | skipped: no binaries | | |"),
+        if sqlite {
+            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+            run("SQLite", &url, ingest_only).await;
+        }
+        if postgres {
+            match pg::Pg::start() {
+                Some(pg) => run("PostgreSQL 15", &pg.url(), ingest_only).await,
+                None => println!("| PostgreSQL 15 | skipped: no binaries | | |"),
+            }
         }
     });
 }

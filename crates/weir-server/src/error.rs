@@ -21,6 +21,9 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("missing or wrong API key (send `Authorization: Bearer <key>`)")]
     Unauthorized,
+    /// Authenticated (or not needing to be) but not allowed this.
+    #[error("{0}")]
+    Forbidden(String),
     /// The database is unreachable; the detail went to the server's log under `id`.
     #[error("the database is unavailable (error id {id}; the server's log has the details)")]
     Unavailable { id: String },
@@ -36,7 +39,7 @@ pub struct ErrorBody {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// `invalid`, `not_found`, `conflict`, `too_large`, `unauthorized`, `unavailable`, `internal`.
+    /// `invalid`, `not_found`, `conflict`, `too_large`, `unauthorized`, `forbidden`, `unavailable`, `internal`.
     pub code: &'static str,
     pub message: String,
     /// The offending field of the request, for `invalid`.
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -98,6 +102,7 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> ApiError {
         match e {
             DbError::NotFound(m) => ApiError::NotFound(m),
+            DbError::Conflict(m) => ApiError::Conflict(m),
             DbError::Invalid { message, field } => ApiError::invalid(message, Some(field.to_string())),
             DbError::Sqlx(e) => e.into(),
         }

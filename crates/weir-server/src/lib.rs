@@ -5,6 +5,7 @@
 //! - [`api`]: the `/api/v1` handlers and the OpenAPI document generated from them;
 //! - [`error`] and [`json`]: JSON errors and strict, size-limited request bodies;
 //! - `auth`: the API key check;
+//! - [`secrets`]: the key that encrypts blocks' secret fields;
 //! - [`serve`]: binds, applies the API key rule, serves (TLS when given a certificate), and
 //!   drains requests in flight on SIGTERM.
 
@@ -13,6 +14,8 @@ mod auth;
 pub mod db;
 pub mod error;
 pub mod json;
+pub mod scheduler;
+pub mod secrets;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,7 +36,7 @@ pub use error::ApiError;
 #[derive(OpenApi)]
 #[openapi(info(
     title = "weir",
-    description = "Run metadata of weir flows: flow runs, task runs, states, logs, variables."
+    description = "Run metadata of weir flows: flow runs, task runs, states, logs, variables; blocks (typed, versioned configuration documents with encrypted secret fields)."
 ))]
 struct ApiDoc;
 
@@ -57,6 +60,10 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Serve HTTPS with this certificate instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// The scheduler's and claims' settings (heartbeat timeout, late grace period).
+    pub scheduler: scheduler::Options,
+    /// Encrypts blocks' secret fields; `None`: a random key for this run only (tests).
+    pub secret_key: Option<secrets::SecretKey>,
 }
 
 /// Why the server would not start.
@@ -72,22 +79,44 @@ pub enum StartError {
     Tls { files: TlsFiles, message: String },
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error(
+        "the secret key (fingerprint {given}) is not the one the stored block secrets are encrypted with (fingerprint {stored}): start with that key (WEIR_SECRET_KEY or the key file), or rotate with `weir server rotate-secret-key`"
+    )]
+    WrongSecretKey { given: String, stored: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// The whole application: `/api/v1/…` and `/api/v1/openapi.json`.
+/// The whole application: `/api/v1/…` and `/api/v1/openapi.json`, with the scheduler
+/// running beside it (call inside a tokio runtime). Blocks' secrets are encrypted with a
+/// random key of this process (see [`app_with_secret_key`]).
 pub fn app(db: Db, api_key: Option<String>) -> Router {
-    app_with(api::AppState::new(db), api_key)
+    app_with_options(db, api_key, scheduler::Options::default())
 }
 
-fn app_with(state: api::AppState, api_key: Option<String>) -> Router {
+/// [`app`] with scheduler settings.
+pub fn app_with_options(db: Db, api_key: Option<String>, opts: scheduler::Options) -> Router {
+    let state = api::AppState::with_options(db, opts);
+    state.spawn_background();
+    app_with(state, api_key)
+}
+
+/// [`app`] encrypting blocks' secrets with `secret_key`.
+pub fn app_with_secret_key(db: Db, api_key: Option<String>, secret_key: secrets::SecretKey) -> Router {
+    app_with(api::AppState::new(db).with_secret_key(secret_key), api_key)
+}
+
+fn app_with(mut state: api::AppState, api_key: Option<String>) -> Router {
+    state.api_key_set = api_key.is_some();
     let (api, mut doc) = api::routes().split_for_parts();
     let mut openapi = ApiDoc::openapi();
     openapi.paths = std::mem::take(&mut doc.paths);
     openapi.components = doc.components.take();
     openapi.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
-    let openapi_json = serde_json::to_value(&openapi).unwrap_or_default();
+    let mut openapi_json = serde_json::to_value(&openapi).unwrap_or_default();
+    if api_key.is_some() {
+        require_key_in_doc(&mut openapi_json);
+    }
     let api = api
         .route(
             "/openapi.json",
@@ -113,6 +142,29 @@ fn app_with(state: api::AppState, api_key: Option<String>) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO))
                 .on_failure(DefaultOnFailure::new().level(Level::ERROR)),
         )
+}
+
+/// With an API key, the document says so: a bearer scheme required by every operation, each
+/// of which may answer 401 (the key is checked before any handler runs).
+fn require_key_in_doc(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    doc["components"]["securitySchemes"]["bearer"] = json!({"type": "http", "scheme": "bearer"});
+    doc["security"] = json!([{"bearer": []}]);
+    let unauthorized = json!({
+        "description": "Missing or wrong API key",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for op in paths
+            .values_mut()
+            .filter_map(|p| p.as_object_mut())
+            .flat_map(|p| p.values_mut())
+        {
+            if let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) {
+                responses.insert("401".into(), unauthorized.clone());
+            }
+        }
+    }
 }
 
 /// Connects, migrates, binds and serves until SIGTERM or Ctrl-C, then drains (see
@@ -182,13 +234,25 @@ pub async fn serve_until(
         None => None,
     };
     let db = Db::connect(&cfg.database_url).await?;
+    // Without a key (tests), a throwaway one: it is not recorded at start, so a restart
+    // with another throwaway key still starts (its block writes are then refused).
+    let secret_key = cfg.secret_key.clone().unwrap_or_else(secrets::SecretKey::random);
+    if cfg.secret_key.is_some() && !db.check_secret_key(&secret_key).await? {
+        let stored = db.stored_key_fingerprint().await?.unwrap_or_default();
+        return Err(StartError::WrongSecretKey {
+            given: secret_key.fingerprint(),
+            stored,
+        });
+    }
     let bind_err = |source| StartError::Bind { addr, source };
     let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
     let bound = listener.local_addr().map_err(bind_err)?;
-    let state = api::AppState::new(db);
+    let state = api::AppState::with_options(db, cfg.scheduler.clone()).with_secret_key(secret_key);
+    state.spawn_background();
     let stopping = Arc::clone(&state.stopping);
-    let app = app_with(state, cfg.api_key).into_make_service();
+    // The peer's address lets blocks reveal secrets to this machine's clients only.
+    let app = app_with(state, cfg.api_key).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
     {
         let handle = handle.clone();

@@ -421,6 +421,7 @@ async fn refuses_a_public_address_without_a_key() {
         database_url: "sqlite::memory:".into(),
         api_key: None,
         tls: None,
+        ..Default::default()
     };
     let err = weir_server::serve(cfg, "0.0.0.0:0".parse().unwrap(), false, |_| {})
         .await
@@ -481,6 +482,7 @@ async fn an_empty_key_opens_nothing() {
         database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
         api_key: Some(String::new()),
         tls: None,
+        ..Default::default()
     };
     let served = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -552,6 +554,7 @@ async fn serves_tls_when_given_a_certificate() {
             cert: cert.clone(),
             key: key.clone(),
         }),
+        ..Default::default()
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(weir_server::serve_until(
@@ -591,6 +594,7 @@ async fn serves_tls_when_given_a_certificate() {
         database_url: format!("sqlite://{}", dir.path().join("s.db").display()),
         api_key: None,
         tls: Some(weir_server::TlsFiles { cert, key }),
+        ..Default::default()
     };
     let err = weir_server::serve(cfg, "127.0.0.1:0".parse().unwrap(), false, |_| {})
         .await
@@ -867,4 +871,138 @@ async fn query_errors_on_sqlite() {
 async fn query_errors_on_postgres() {
     let Some(pg) = Pg::start() else { return };
     query_errors(&start(&pg.url(), None).await).await;
+}
+
+/// The OpenAPI document says exactly what the server enforces (clients are generated from
+/// it, and scripts/api-fuzz.sh holds the server to it): what the document allows is
+/// accepted, what it forbids is refused, at the edges of every kind of limit.
+async fn document_is_exact(base: &str) {
+    let c = reqwest::Client::new();
+    let (_, doc) = get(&c, format!("{base}/openapi.json")).await;
+    for (path, name) in [
+        ("/flow_runs", "limit"),
+        ("/task_runs", "state"),
+        ("/flow_runs/{id}/logs", "follow"),
+    ] {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let p = params.iter().find(|p| p["name"] == name).unwrap();
+        assert_eq!(
+            (p["in"].as_str(), p["required"].as_bool()),
+            (Some("query"), Some(false)),
+            "{path} {name}: {p}"
+        );
+    }
+    let rec = &doc["components"]["schemas"]["FlowRunRecord"]["properties"];
+    assert_eq!(rec["pid"]["maximum"], 4294967295u64, "{}", rec["pid"]);
+    assert_eq!(rec["flow_name"]["maxLength"], 256, "{}", rec["flow_name"]);
+    assert_eq!(rec["flow_name"]["pattern"], "^[^\\u0000]*$");
+
+    let id = FlowRunId::new();
+    let ok = |body: Value| {
+        let c = c.clone();
+        async move {
+            let (s, v) = post(&c, format!("{base}/flow_runs"), body).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+    };
+    // Allowed by the document: the whole u32 range of pid, integers written as 3.0 (JSON
+    // Schema's integers), 256 characters of two bytes each.
+    let mut r = flow(id, &"é".repeat(256), "Running", 5, &[]);
+    r["pid"] = json!(4294967295u64);
+    r["created_at"] = json!(-5.0);
+    r["started_at"] = json!(7.0);
+    ok(r).await;
+    let (_, got) = get(&c, format!("{base}/flow_runs/{id}")).await;
+    assert_eq!(
+        (got["pid"].as_u64(), got["created_at"].as_i64()),
+        (Some(4294967295), Some(-5)),
+        "{got}"
+    );
+    let t = TaskRunId::new();
+    let mut tr = task(t, id, "Running");
+    tr["attempt"] = json!(2.0);
+    let (s, v) = post(
+        &c,
+        format!("{base}/events"),
+        json!({"events": [{"kind": "task_run", "record": tr}]}),
+    )
+    .await;
+    assert_eq!((s, &v["rejected"]), (StatusCode::OK, &json!([])), "{v}");
+
+    // Forbidden by the document: each refused with a 422 naming the field.
+    let bad = [
+        ("pid", json!(4294967296u64)),
+        ("pid", json!(-1)),
+        ("created_at", json!(1.5)),
+        ("flow_name", json!("é".repeat(257))),
+        ("hostname", json!("a\u{0}b")),
+        ("tags", json!(["x".repeat(129)])),
+    ];
+    for (field, value) in bad {
+        let mut r = flow(FlowRunId::new(), "f", "Running", 5, &[]);
+        r[field] = value;
+        let (s, v) = post(&c, format!("{base}/flow_runs"), r).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {v}");
+        assert!(
+            v["error"]["field"].as_str().unwrap_or("").starts_with(field),
+            "{field}: {v}"
+        );
+    }
+    for (url, field) in [
+        ("/flow_runs?state=failed", "state"),
+        ("/flow_runs?flow=a%00b", "flow"),
+        ("/flow_runs?cursor=%2B5:0190d5c4-7f1e-7000-8000-000000000001", "cursor"),
+        ("/flows?cursor=a%00", "cursor"),
+    ] {
+        let (s, v) = get(&c, format!("{base}{url}")).await;
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
+            "{url}: {v}"
+        );
+    }
+    // A cursor time past i64 has the documented form: it is a page (from the start), not an error.
+    let (s, v) = get(
+        &c,
+        format!("{base}/flow_runs?cursor=9999999999999999999:0190d5c4-7f1e-7000-8000-000000000001"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_is_exact_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    document_is_exact(&start(&url, None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_is_exact_on_postgres() {
+    let Some(pg) = Pg::start() else { return };
+    document_is_exact(&start(&pg.url(), None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_with_a_key_says_every_operation_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    let base = start(&url, Some("k3y")).await;
+    let c = reqwest::Client::new();
+    let doc: Value = c
+        .get(format!("{base}/openapi.json"))
+        .bearer_auth("k3y")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            assert!(op["responses"].get("401").is_some(), "{method} {path}: no 401");
+        }
+    }
 }

@@ -63,6 +63,12 @@ fn flow_run(row: &Row<'_>) -> rusqlite::Result<FlowRunRecord> {
         hostname: row.get(11)?,
         pid: row.get(12)?,
         tags: serde_json::from_str(&row.get::<_, String>(13)?).unwrap_or_default(),
+        deployment: None,
+        scheduled_at: None,
+        work_pool: None,
+        worker: None,
+        retry_of: None,
+        cancel_requested: false,
     })
 }
 

@@ -28,6 +28,12 @@ fn running(id: FlowRunId, pid: u32) -> FlowRunRecord {
         hostname: host(),
         pid,
         tags: vec![],
+        deployment: None,
+        scheduled_at: None,
+        work_pool: None,
+        worker: None,
+        retry_of: None,
+        cancel_requested: false,
     }
 }
 

@@ -21,6 +21,12 @@ fn flow(id: FlowRunId, name: &str, state: State) -> FlowRunRecord {
         hostname: "h".into(),
         pid: 1,
         tags: vec![],
+        deployment: None,
+        scheduled_at: None,
+        work_pool: None,
+        worker: None,
+        retry_of: None,
+        cancel_requested: false,
     }
 }
 

@@ -137,6 +137,101 @@ fn module_level_tasks_keep_their_path_as_key_path() {
     assert_eq!((nested.key_path)(), "keys::helper@keys::first::helper");
 }
 
+// ---------- same-named tasks in sibling blocks or closures of one function ----------
+
+/// Both `twin`s have the path `keys::twin@keys::siblings::twin`: the compiler's `type_name`
+/// does not name blocks, and a key must not hold line numbers (they move with every edit).
+fn siblings(which: u8, x: u64) -> weir::TaskCall<u64> {
+    if which == 0 {
+        #[weir::task(cache = "inputs")]
+        async fn twin(x: u64) -> anyhow::Result<u64> {
+            Ok(x + 10)
+        }
+        twin(x)
+    } else {
+        #[weir::task(cache = "inputs")]
+        async fn twin(x: u64) -> anyhow::Result<u64> {
+            Ok(x + 20)
+        }
+        twin(x)
+    }
+}
+
+#[tokio::test]
+async fn a_second_task_with_the_same_key_path_is_refused_not_given_the_firsts_results() {
+    configure();
+    let x = std::process::id() as u64 * 1000 + 500;
+    assert_eq!(siblings(0, x).await.unwrap(), x + 10);
+    let err = siblings(1, x)
+        .await
+        .expect_err("the second twin must not run under the first's keys");
+    let msg = format!("{:#}", anyhow::Error::from(err));
+    assert!(msg.contains("keys::twin@keys::siblings::twin"), "{msg}");
+    assert!(msg.contains("rename"), "{msg}");
+    // The first definition keeps working, the second keeps being refused.
+    assert_eq!(siblings(0, x + 1).await.unwrap(), x + 11);
+    assert!(siblings(1, x + 1).await.is_err());
+}
+
+type MakeCall = Box<dyn Fn(u64) -> weir::TaskCall<u64> + Send + Sync>;
+
+/// Two closures of one function: `type_name` writes both as `{{closure}}`.
+fn closures() -> [MakeCall; 2] {
+    let a = |x: u64| {
+        #[weir::task(cache = "inputs")]
+        async fn inner(x: u64) -> anyhow::Result<u64> {
+            Ok(x + 1)
+        }
+        inner(x)
+    };
+    let b = |x: u64| {
+        #[weir::task(cache = "inputs")]
+        async fn inner(x: u64) -> anyhow::Result<u64> {
+            Ok(x + 2)
+        }
+        inner(x)
+    };
+    [Box::new(a), Box::new(b)]
+}
+
+#[test]
+fn same_named_tasks_in_two_closures_racing_for_one_key_path_one_wins_for_good() {
+    let makers = closures();
+    assert_eq!(
+        (makers[0](1).spec().unwrap().key_path)(),
+        (makers[1](1).spec().unwrap().key_path)(),
+        "the closures' tasks are expected to share a key path"
+    );
+    // 8 threads, half per definition, all asking for a key at once.
+    let threads = 8;
+    let barrier = std::sync::Barrier::new(threads);
+    let keyed: Vec<(usize, bool)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (makers, barrier) = (&makers, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    (i % 2, makers[i % 2](7).cache_key().unwrap().is_ok())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = |which: usize| keyed.iter().filter(|(w, ok)| *w == which && *ok).count();
+    let (a, b) = (ok(0), ok(1));
+    assert!(
+        (a, b) == (threads / 2, 0) || (a, b) == (0, threads / 2),
+        "exactly one definition must own the key path: {keyed:?}"
+    );
+    let winner = if a > 0 { 0 } else { 1 };
+    let err = match makers[1 - winner](7).cache_key().unwrap() {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("the loser got a key later"),
+    };
+    assert!(err.contains("keys::inner@keys::closures::{{closure}}::inner"), "{err}");
+    assert!(makers[winner](8).cache_key().unwrap().is_ok());
+}
+
 // ---------- golden keys of whole tasks ----------
 
 #[derive(serde::Serialize)]

@@ -890,3 +890,45 @@ fn a_process_exits_even_if_a_timed_out_blocking_task_still_runs() {
     assert!(stderr.contains("endless started"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("timed out"));
 }
+
+#[test]
+fn a_broken_profile_stops_a_flow_at_its_start_with_the_reason() {
+    // A malformed profiles.toml: the flow must not run on settings that lack the profile.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("profiles.toml"), "active = [\"prod\"\n").unwrap();
+    let out = probe(home.path()).args(["run", "1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the flow ran: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("profiles.toml"), "{stderr}");
+
+    // A well-formed file, but WEIR_PROFILE names a profile it does not have.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        home.path().join("profiles.toml"),
+        "[profiles.dev]\napi_url = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let out = probe(home.path())
+        .args(["run", "1"])
+        .env("WEIR_PROFILE", "prod")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the flow ran: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("no profile named 'prod'") && stderr.contains("dev"),
+        "{stderr}"
+    );
+
+    // The same file with a profile that exists runs (the check is not a blanket refusal).
+    let out = probe(home.path()).args(["run", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -146,11 +146,12 @@ async fn the_local_tier_serves_repeated_hits_and_evicts_least_recently_used() {
     let server = S3sServer::start(&["weir"]).unwrap();
     let remote: Arc<dyn ResultStore> = Arc::new(url_store(&server.url("weir", "tier")));
     let local_dir = tempfile::tempdir().unwrap();
-    // Room for about three 8 KiB results (stored as blobs: above the inline size).
+    // Room for about three 8 KiB results (stored as blobs: above the inline size) with
+    // their manifests, which count towards the cap too.
     let tier = Tiered::new(
         FolderBackend::open(local_dir.path()).unwrap(),
         remote.clone(),
-        3 * 8192 + 512,
+        3 * (8192 + 1024),
     );
     let keys: Vec<_> = (0..5).map(|i| store_suite::key("tier", i)).collect();
     for (i, k) in keys.iter().enumerate() {

@@ -304,3 +304,39 @@ async fn a_folder_store_can_have_a_local_tier() {
     let err = weir_cache::open(&url, &same).unwrap_err().to_string();
     assert!(err.contains("WEIR_LOCAL_CACHE"), "{err}");
 }
+
+/// Small results live inside their manifests (no blob file): those count towards the cap
+/// too, and go least recently used first like the rest.
+#[tokio::test]
+async fn inline_results_count_towards_the_cap_and_are_evicted() {
+    let shared = tempfile::tempdir().unwrap();
+    let remote: Arc<dyn ResultStore> = Arc::new(folder_store(shared.path()));
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 20_000;
+    let a = machine(dir.path(), &remote, cap);
+    let keys: Vec<CacheKey> = (0..40).map(|i| key("tier-inline", i)).collect();
+    for (i, k) in keys.iter().enumerate() {
+        // Incompressible-looking and under INLINE_MAX: stored in the manifest.
+        let bytes: Vec<u8> = (0..3_000u32).map(|j| (j * 31 + i as u32 * 7) as u8).collect();
+        a.put(meta(k), bytes, PutMode::IfAbsent).await.unwrap();
+    }
+    let local = FolderBackend::open(dir.path()).unwrap();
+    use weir_cache::backend::Backend;
+    assert!(
+        local.list("v1/blobs/").await.unwrap().is_empty(),
+        "the results are inline: no blob files"
+    );
+    let manifests = local.list("v1/manifests/").await.unwrap();
+    let held: u64 = manifests.iter().map(|m| m.size).sum();
+    assert!(
+        held <= cap,
+        "the tier holds at most its cap of inline results: {held} bytes in {} manifests",
+        manifests.len()
+    );
+    assert!(a.counters.evictions.load(Ordering::Relaxed) > 0);
+    // The last one put is still local; an evicted one comes back from the remote.
+    assert_eq!(hit(&a, &keys[39], 2_000).await.len(), 3_000);
+    assert_eq!(a.counters.local_hits.load(Ordering::Relaxed), 1);
+    assert_eq!(hit(&a, &keys[0], 2_000).await.len(), 3_000);
+    assert_eq!(a.counters.remote_hits.load(Ordering::Relaxed), 1);
+}

@@ -56,7 +56,9 @@ impl ResultsConfig {
         let location = crate::profile::lookup(&paths.home, "results")
             .map(|(v, _)| v)
             .unwrap_or_else(|| paths.results_dir.display().to_string());
-        let remote = location.contains("://") && !location.starts_with("file://");
+        // A store named by an s3-bucket block is as remote as its s3:// URL.
+        let remote =
+            (location.contains("://") && !location.starts_with("file://")) || location.starts_with("block:s3-bucket/");
         let dir = match crate::profile::lookup(&paths.home, "local_cache").map(|(v, _)| std::ffi::OsString::from(v)) {
             Some(v) if v == "none" || v == "off" => None,
             Some(v) => Some(PathBuf::from(v)),

@@ -3,6 +3,7 @@
 //! This crate is deliberately small and dependency-light: the SDK, the local state
 //! database, the CLI and (later) the server all speak in these types.
 
+pub mod block;
 pub mod config;
 pub mod deployment;
 pub mod duration;

@@ -9,8 +9,13 @@ use serde::{Deserialize, Serialize};
 ///
 /// `Pending → Running → Completed` is the happy path; `Cached` replaces running when the
 /// result store already holds the result; `Retrying` sits between failed attempts.
+/// A run of a deployment starts earlier: `Scheduled` (created, waiting for a worker), then
+/// `Late` if no worker claimed it within the server's grace period; a claim makes it
+/// `Pending`. Order: Scheduled < Late < Pending < Running < Retrying < the final states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum State {
+    Scheduled,
+    Late,
     Pending,
     Running,
     Completed,
@@ -23,7 +28,9 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 9] = [
+    pub const ALL: [State; 11] = [
+        State::Scheduled,
+        State::Late,
         State::Pending,
         State::Running,
         State::Completed,
@@ -37,6 +44,8 @@ impl State {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            State::Scheduled => "Scheduled",
+            State::Late => "Late",
             State::Pending => "Pending",
             State::Running => "Running",
             State::Completed => "Completed",
@@ -72,7 +81,7 @@ impl fmt::Display for State {
 /// An unknown state name.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown state '{0}' (expected one of: Pending, Running, Completed, Cached, Failed, Retrying, TimedOut, Cancelled, Crashed)"
+    "unknown state '{0}' (expected one of: Scheduled, Late, Pending, Running, Completed, Cached, Failed, Retrying, TimedOut, Cancelled, Crashed)"
 )]
 pub struct UnknownState(pub String);
 

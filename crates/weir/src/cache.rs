@@ -24,13 +24,73 @@ pub struct KeyMaterial {
     files: Vec<weir_cache::canonical::KeyedFile>,
 }
 
-/// An input that could not be hashed (its `Serialize` impl failed).
+/// Why a task call has no cache key.
 #[derive(Debug, thiserror::Error)]
-#[error("could not hash input `{input}` for the cache key: {source}")]
-pub struct KeyError {
-    pub input: &'static str,
-    #[source]
-    pub source: CanonicalError,
+pub enum KeyError {
+    /// An input that could not be hashed (its `Serialize` impl failed).
+    #[error("could not hash input `{input}` for the cache key: {source}")]
+    Input {
+        input: &'static str,
+        #[source]
+        source: CanonicalError,
+    },
+    /// Another task definition in this program already keys its results by this path.
+    #[error(
+        "another task in this program has the cache key path `{path}` (same-named tasks in \
+         sibling blocks or closures of one function cannot be told apart); rename one of them \
+         so they do not read each other's cached results"
+    )]
+    SharedKeyPath { path: &'static str },
+}
+
+/// The key path of one task definition, and whether that definition owns it.
+///
+/// Each `#[weir::task]` expansion holds one of these in its own `static`, whose address
+/// names the definition: the first call registers (path → address) once, and a second
+/// definition with the same path is refused for good rather than handed the first's keys.
+/// Paths are not made unique with line numbers, which would move whenever code above moves.
+#[derive(Debug)]
+pub struct KeyPathClaim {
+    path: &'static str,
+    owned: bool,
+}
+
+/// Which definition owns each key path. One entry per hash-keyed task definition in the
+/// program, so bounded by the code itself.
+static KEY_PATH_OWNERS: std::sync::Mutex<std::collections::BTreeMap<&'static str, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+impl KeyPathClaim {
+    /// Registers the definition whose claim lives at `owner` (the address of its `static`)
+    /// for `path`, if `register`; definitions that do not hash keys (named results,
+    /// uncached tasks) only remember their path.
+    pub fn new(path: String, owner: usize, register: bool) -> KeyPathClaim {
+        // Made once per definition and kept for the program's life.
+        let path: &'static str = Box::leak(path.into_boxed_str());
+        if !register {
+            return KeyPathClaim { path, owned: true };
+        }
+        let mut owners = KEY_PATH_OWNERS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = *owners.entry(path).or_insert(owner);
+        KeyPathClaim {
+            path,
+            owned: first == owner,
+        }
+    }
+
+    pub fn path(&self) -> &'static str {
+        self.path
+    }
+
+    /// Ok if this definition owns its key path.
+    pub fn check(&self) -> Result<(), KeyError> {
+        match self.owned {
+            true => Ok(()),
+            false => Err(KeyError::SharedKeyPath { path: self.path }),
+        }
+    }
 }
 
 impl KeyMaterial {
@@ -38,7 +98,10 @@ impl KeyMaterial {
     pub fn inputs(digests: Vec<(&'static str, Result<[u8; 32], CanonicalError>)>) -> Result<KeyMaterial, KeyError> {
         let inputs = digests
             .into_iter()
-            .map(|(name, d)| d.map(|d| (name, d)).map_err(|source| KeyError { input: name, source }))
+            .map(|(name, d)| {
+                d.map(|d| (name, d))
+                    .map_err(|source| KeyError::Input { input: name, source })
+            })
             .collect::<Result<_, _>>()?;
         Ok(KeyMaterial {
             inputs,
@@ -49,7 +112,7 @@ impl KeyMaterial {
 
     /// From the digest of a user key function's result.
     pub fn custom(digest: Result<[u8; 32], CanonicalError>) -> Result<KeyMaterial, KeyError> {
-        let d = digest.map_err(|source| KeyError { input: "key", source })?;
+        let d = digest.map_err(|source| KeyError::Input { input: "key", source })?;
         Ok(KeyMaterial {
             inputs: Vec::new(),
             custom: Some(d),
@@ -106,6 +169,9 @@ pub(crate) enum Found<T> {
     Value(T),
     /// Compute, then publish with this mode.
     Compute(PutMode),
+    /// The store failed (not a miss): compute without the cache — no lease, no publish,
+    /// each of which would spend its own retries on a store that just failed.
+    Unavailable,
 }
 
 async fn lookup_file<T>(
@@ -134,7 +200,7 @@ async fn lookup_file<T>(
         }
         Err(e) => {
             tracing::warn!(target: "weir::cache", "result store unavailable ({e}); computing {} without the cache", spec.name);
-            Found::Compute(PutMode::IfAbsent)
+            Found::Unavailable
         }
     }
 }
@@ -172,7 +238,7 @@ pub(crate) async fn lookup<T>(
         }
         Err(e) => {
             tracing::warn!(target: "weir::cache", "result store unavailable ({e}); computing {} without the cache", spec.name);
-            Found::Compute(PutMode::IfAbsent)
+            Found::Unavailable
         }
     }
 }
@@ -231,7 +297,7 @@ pub(crate) async fn recheck<T>(
     }
     match lookup(store, key, codec, spec).await {
         Found::Value(v) => Recheck::Value(v),
-        Found::Compute(_) => Recheck::Compute,
+        Found::Compute(_) | Found::Unavailable => Recheck::Compute,
     }
 }
 
@@ -372,6 +438,13 @@ pub(crate) struct Waiting<'a> {
 /// its lease's expiry says: the holder's clock may be ahead of ours.
 const STALE_TTLS: u32 = 2;
 
+/// A lease request that fails (the store, not a holder) is retried at most this many times,
+/// and not once [`LEASE_ERROR_BUDGET`] has passed since the first failing one was sent (each
+/// request may spend the store's own retries too): then the task is computed without
+/// isolation.
+const LEASE_ERRORS: u32 = 5;
+const LEASE_ERROR_BUDGET: Duration = Duration::from_secs(10);
+
 /// Whether this process has started measuring the store's create-if-absent (once: the
 /// engine has one store).
 static PROBE_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -407,11 +480,13 @@ pub(crate) async fn isolate<T, F: Future<Output = Recheck<T>>>(
     let mut wait = Duration::from_millis(20);
     let mut announced = false;
     let mut errors = 0;
+    let mut failing_since: Option<tokio::time::Instant> = None;
     // The holder's lease as last seen, and since when (our clock) it has not changed.
     let mut last_seen: Option<((String, i64), tokio::time::Instant)> = None;
     let mut take_over_at: Option<i64> = None;
     loop {
         let now = weir_types::time::now_micros().max(take_over_at.unwrap_or(i64::MIN));
+        let asked = tokio::time::Instant::now();
         match store.try_lease(key, how.holder, ttl_us, now).await {
             Ok(LeaseOutcome::Acquired(lease)) => {
                 // It may have been published between our lookup and the lease.
@@ -462,7 +537,7 @@ pub(crate) async fn isolate<T, F: Future<Output = Recheck<T>>>(
             }
             // A store that keeps failing must not block the task forever; a blip must not
             // make two processes compute one key.
-            Err(e) if errors < 5 => {
+            Err(e) if errors < LEASE_ERRORS && failing_since.get_or_insert(asked).elapsed() < LEASE_ERROR_BUDGET => {
                 errors += 1;
                 tracing::debug!(target: "weir::cache", "lease request failed ({e}); retrying");
                 tokio::time::sleep(wait).await;

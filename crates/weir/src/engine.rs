@@ -70,7 +70,15 @@ pub(crate) fn get() -> &'static Engine {
             },
             local_tier: settings.local_cache.clone(),
         };
-        let store: Option<Arc<dyn ResultStore>> = match weir_cache::open(&settings.results, &opts) {
+        let opened = match settings.results.strip_prefix("block:") {
+            // A store named by a block (dev and prod profiles resolve one flow to their own
+            // buckets): fetched from the server, credentials and all.
+            Some(spec) => crate::blocks::resolve_store(&settings, spec).and_then(|r| {
+                weir_cache::open_with_credentials(&r.location, &opts, r.credentials.as_ref()).map_err(|e| e.to_string())
+            }),
+            None => weir_cache::open(&settings.results, &opts).map_err(|e| e.to_string()),
+        };
+        let store: Option<Arc<dyn ResultStore>> = match opened {
             Ok(s) => Some(s),
             Err(e) => {
                 console.line(&format!("weir: warning: result cache disabled: {e}"));

@@ -230,6 +230,12 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
             hostname: engine.hostname.clone(),
             pid: engine.pid,
             tags: spec.tags.iter().map(|t| t.to_string()).collect(),
+            deployment: None,
+            scheduled_at: None,
+            work_pool: None,
+            worker: None,
+            retry_of: None,
+            cancel_requested: false,
         },
         done: false,
     };
@@ -241,6 +247,11 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
 
     let outcome: Result<anyhow::Result<T>, (State, String)> = match parts.params {
         Err(e) => Err((State::Failed, format!("invalid parameters: {e}"))),
+        // Running on settings that silently lack the profile (another server, no key, another
+        // result store) would be worse than not running.
+        Ok(_) if engine.settings.profile_error.is_some() => {
+            Err((State::Failed, engine.settings.profile_error.clone().unwrap_or_default()))
+        }
         // A root flow's body runs as a spawned task (awaiting many small tasks from inside
         // the runtime is far cheaper than from the thread that called block_on), so it needs
         // a runtime; checked before anything (the progress line) would need one.

@@ -70,6 +70,7 @@
 
 mod artifact;
 mod blocking;
+pub mod blocks;
 mod cache;
 mod console;
 mod context;
@@ -84,6 +85,7 @@ mod task;
 pub mod testing;
 
 pub use artifact::{Artifact, ArtifactWriter};
+pub use blocks::Block;
 pub use cache::{KeyError, KeyMaterial, OnDuplicate};
 pub use flow::{FlowCall, FlowError, FlowSpec, RunReport};
 pub use map::{DEFAULT_MAP_LIMIT, MapCall, MapExt, all};
@@ -117,7 +119,7 @@ pub mod __private {
     use futures::future::BoxFuture;
     use serde::Serialize;
 
-    pub use crate::cache::KeyMaterial;
+    pub use crate::cache::{KeyMaterial, KeyPathClaim};
     pub use schemars;
     pub use serde;
     pub use serde_json;

@@ -19,7 +19,8 @@ pub enum ProgressMode {
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Where results go: a folder path or a URL (`WEIR_RESULTS`, else `WEIR_RESULTS_DIR`):
-    /// `/mnt/shared/results`, `file:///…`, `s3://bucket/prefix?endpoint=…`, `memory://`.
+    /// `/mnt/shared/results`, `file:///…`, `s3://bucket/prefix?endpoint=…`, `memory://`, or
+    /// `block:s3-bucket/NAME` / `block:local-file-system/NAME` (a block on the server).
     pub results: String,
     /// A local folder in front of the result store (`WEIR_LOCAL_CACHE`; default
     /// `$WEIR_HOME/local-cache` for remote stores, none for folders unless set), and its size
@@ -50,12 +51,48 @@ pub struct Settings {
     pub fsync: bool,
     /// Where events for an unreachable server wait (`$WEIR_HOME/spool`).
     pub spool_dir: PathBuf,
+    /// What was wrong with the profiles (a malformed `profiles.toml`, an unknown
+    /// `WEIR_PROFILE`, an empty API key) when these settings were read: while it is set,
+    /// every flow run fails at its start with this message instead of running on settings
+    /// that silently lack the profile.
+    pub profile_error: Option<String>,
 }
 
 impl Settings {
     /// Reads `WEIR_HOME`, `WEIR_RESULTS_DIR`, `WEIR_STATE_DB`, `WEIR_REFRESH_CACHE`, `WEIR_LOG`,
-    /// `WEIR_PROGRESS` and `WEIR_CACHE_FSYNC`.
+    /// `WEIR_PROGRESS` and `WEIR_CACHE_FSYNC`, and the active profile. A broken profile (see
+    /// [`Settings::try_from_env`]) is kept in [`Settings::profile_error`]: flows then refuse
+    /// to start, saying why.
     pub fn from_env() -> Settings {
+        let mut settings = Settings::lenient();
+        if let Err(e) = Settings::check_profiles(&settings) {
+            settings.profile_error = Some(e.to_string());
+        }
+        settings
+    }
+
+    /// [`Settings::from_env`], refusing a malformed `profiles.toml`, an unknown
+    /// `WEIR_PROFILE` or active profile, and an empty API key for a server, as the CLI and
+    /// the server do.
+    pub fn try_from_env() -> Result<Settings, weir_types::profile::ProfileError> {
+        let settings = Settings::lenient();
+        Settings::check_profiles(&settings)?;
+        Ok(settings)
+    }
+
+    /// The strict lookups, for their errors only (the values equal the lenient ones when
+    /// they succeed).
+    fn check_profiles(settings: &Settings) -> Result<(), weir_types::profile::ProfileError> {
+        let home = Paths::from_env().home;
+        // Reads and checks the whole file and the active profile, whichever key is asked.
+        weir_types::profile::try_lookup(&home, "api_url")?;
+        if settings.api_url.is_some() {
+            weir_types::profile::try_lookup(&home, "api_key")?;
+        }
+        Ok(())
+    }
+
+    fn lenient() -> Settings {
         let paths = Paths::from_env();
         let progress = match std::env::var("WEIR_PROGRESS")
             .unwrap_or_default()
@@ -88,6 +125,7 @@ impl Settings {
             api_url: weir_types::profile::lookup(&paths.home, "api_url").map(|(v, _)| v),
             api_key: weir_types::profile::lookup(&paths.home, "api_key").map(|(v, _)| v),
             fsync: std::env::var("WEIR_CACHE_FSYNC").map(|v| v != "0").unwrap_or(true),
+            profile_error: None,
         }
     }
 }

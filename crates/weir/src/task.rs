@@ -50,7 +50,8 @@ pub struct TaskSpec {
     pub path: &'static str,
     /// The path its cache keys use: `path`, or for a task nested in a function body,
     /// `path@` and the path through the enclosing functions (two same-named tasks in two
-    /// functions of one module share `path`).
+    /// functions of one module share `path`). A second definition with the same key path
+    /// (sibling blocks, closures) is refused at call time (`KeyError::SharedKeyPath`).
     pub key_path: fn() -> &'static str,
     /// BLAKE3 of the task's tokens (used by `inputs+source`).
     pub source_hash: &'static str,
@@ -534,6 +535,10 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         }
     };
 
+    // One deadline for the whole run's first attempt: waiting for another process's lease
+    // counts against the task's timeout, and the body gets what is left (not a whole
+    // timeout again). Later attempts hold the lease already and get a whole timeout each.
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
     // The cache: a hit returns here, without running the task.
     let mut publish_plan: Option<(CacheKey, PutMode)> = None;
     let mut named_plan: Option<(String, PutMode)> = None;
@@ -591,7 +596,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         let how = cache::Waiting {
             holder: &holder,
             ttl: engine.settings.lease_ttl,
-            deadline: spec.timeout.map(|t| tokio::time::Instant::now() + t),
+            deadline,
             task: spec.name,
         };
         let name_ref = name.as_str();
@@ -636,6 +641,8 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         run.rec.cache_key = Some(key.to_hex());
         if let Some(store) = &engine.store {
             let refresh = parts.refresh.unwrap_or(spec.refresh_cache) || engine.settings.refresh_cache;
+            // The lookup failed on the store itself (see `Found::Unavailable`).
+            let mut store_down = false;
             let (mode, seen) = if refresh {
                 run.rec.cache_status = CacheStatus::Refreshed;
                 // What is being refreshed, so that a refresh someone else finishes while we
@@ -653,16 +660,20 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                 match found {
                     Found::Value(v) => return Ok(cached(&mut run, &task_scope, v)),
                     Found::Compute(mode) => (mode, Seen::Unusable),
+                    Found::Unavailable => {
+                        store_down = true;
+                        (PutMode::IfAbsent, Seen::Unusable)
+                    }
                 }
             };
             // Missing, expired, damaged or refreshed: in every case one process computes
             // the key and the others take its result.
-            if spec.isolation {
+            if spec.isolation && !store_down {
                 let holder = format!("{}:{} (task run {})", engine.hostname, engine.pid, run.rec.id);
                 let how = cache::Waiting {
                     holder: &holder,
                     ttl: engine.settings.lease_ttl,
-                    deadline: spec.timeout.map(|t| tokio::time::Instant::now() + t),
+                    deadline,
                     task: spec.name,
                 };
                 let (key_ref, seen_ref) = (&key, &seen);
@@ -677,7 +688,9 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
                     }
                 }
             }
-            publish_plan = Some((key, mode));
+            if !store_down {
+                publish_plan = Some((key, mode));
+            }
         }
     }
 
@@ -690,7 +703,11 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         }
         run.set(State::Running, None);
         let body = SCOPE.scope(task_scope.clone(), AssertUnwindSafe(attempt()).catch_unwind());
-        let outcome = match spec.timeout {
+        let limit = match deadline {
+            Some(d) if n == 1 => Some(d.saturating_duration_since(tokio::time::Instant::now())),
+            _ => spec.timeout,
+        };
+        let outcome = match limit {
             Some(limit) => tokio::time::timeout(limit, body).await.ok(),
             None => Some(body.await),
         };
@@ -751,6 +768,14 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> Result<T, TaskError> {
         _ => false,
     };
     if lost && let Some((name, _)) = &named_plan {
+        if spec.on_duplicate == OnDuplicate::Error {
+            // The caller asked for an error rather than a result the name does not hold:
+            // another run may be writing it right now.
+            let err = anyhow::anyhow!(
+                "result key '{name}' not stored: this run lost the name's lease to another run (it stalled past the lease's expiry), and on_duplicate = \"error\" does not hand out a result the name does not hold"
+            );
+            return Err(fail(&mut run, State::Failed, err));
+        }
         in_scope(
             &task_scope,
             || tracing::warn!(target: "weir::cache", "result {name} not stored: another run holds its lease now"),

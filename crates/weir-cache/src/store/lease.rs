@@ -15,7 +15,7 @@
 //! for its own (no ABA). Whoever creates a generation lists the key's leases afterwards:
 //! if a higher one exists (it stalled while the lease moved on twice), it backs off.
 
-use crate::backend::{WriteMode, Written};
+use crate::backend::Written;
 use crate::key::CacheKey;
 use crate::store::layout::lease_dir;
 use crate::store::{Lease, LeaseOutcome, LeaseRecord, Renewal, Store, StoreError};
@@ -80,11 +80,9 @@ impl Store {
         rec: &LeaseRecord,
     ) -> Result<Option<Option<LeaseRecord>>, StoreError> {
         let path = gen_path(key, generation);
-        match self
-            .backend
-            .write(&path, serde_json::to_vec(rec)?, WriteMode::IfAbsent)
-            .await?
-        {
+        // Not made durable: after a power loss every lease has expired anyway (see
+        // ARCHITECTURE.md, Invariants); create-if-absent stays atomic.
+        match self.backend.create_volatile(&path, serde_json::to_vec(rec)?).await? {
             Written::Exists => Ok(Some(self.read_generation(key, generation).await?.and_then(|(r, _)| r))),
             Written::Created => match self.newer(key, generation).await? {
                 None => Ok(None),

@@ -96,6 +96,15 @@ async fn post_events(
     if batch.events.iter().any(|e| matches!(e, Event::Log(_))) {
         app.new_logs.notify_waiters();
     }
+    // A run that ended frees a concurrency slot, and a failed one may be retried.
+    if batch
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::FlowRun(r) if r.state.is_final()))
+    {
+        app.kick.notify_one();
+        app.wake.wake(&app.db).await;
+    }
     let result = BatchResult {
         accepted: batch.events.len() - refused.len(),
         rejected: refused

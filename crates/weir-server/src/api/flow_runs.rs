@@ -27,6 +27,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct StateProposal {
     pub state: State,
+    #[schema(max_length = 65536, pattern = r"^[^\u0000]*$")]
     pub message: Option<String>,
 }
 
@@ -38,27 +39,32 @@ pub struct FlowRunPage {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FlowRunQuery {
     /// Only runs in this state.
-    #[param(value_type = Option<State>)]
+    #[param(value_type = State, required = false)]
     pub state: Option<String>,
     /// Only runs of this flow.
+    #[param(value_type = String, required = false, max_length = 256, pattern = r"^[^\u0000]*$")]
     pub flow: Option<String>,
     /// Only runs with this tag.
+    #[param(value_type = String, required = false, max_length = 128, pattern = r"^[^\u0000]*$")]
     pub tag: Option<String>,
     /// Only runs created at or after this time (µs since the epoch).
+    #[param(value_type = i64, required = false)]
     pub created_after: Option<i64>,
     /// Only runs created before this time (µs since the epoch).
+    #[param(value_type = i64, required = false)]
     pub created_before: Option<i64>,
     /// Only subflow runs of this flow run.
-    #[param(value_type = Option<uuid::Uuid>)]
+    #[param(value_type = uuid::Uuid, required = false)]
     pub parent: Option<String>,
     /// Page size, 1–500 (default 50).
-    #[param(minimum = 1, maximum = 500)]
+    #[param(value_type = u32, required = false, minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = r"^-?[0-9]{1,19}:[0-9a-fA-F-]{36}$")]
+    #[param(value_type = String, required = false, pattern = r"^-?[0-9]{1,19}:[0-9a-fA-F-]{36}$")]
     pub cursor: Option<String>,
 }
 
@@ -71,8 +77,8 @@ async fn list_flow_runs(
 ) -> Result<Json<FlowRunPage>, ApiError> {
     let filter = FlowRunFilter {
         state: state_param(q.state)?,
-        flow: q.flow,
-        tag: q.tag,
+        flow: q.flow.map(|f| check_text("flow", &f, 256).map(|()| f)).transpose()?,
+        tag: q.tag.map(|t| check_text("tag", &t, 128).map(|()| t)).transpose()?,
         created_after: q.created_after,
         created_before: q.created_before,
         parent: q

@@ -36,7 +36,7 @@ async fn list_flows(
     ApiQuery(q): ApiQuery<NamePageQuery>,
 ) -> Result<Json<FlowPage>, ApiError> {
     let limit = in_range("limit", q.limit, 1, 1000)?.unwrap_or(100) as usize;
-    let flows = app.db.flows(q.cursor.as_deref().unwrap_or(""), limit + 1).await?;
+    let flows = app.db.flows(q.cursor()?, limit + 1).await?;
     let mut items: Vec<Flow> = flows
         .into_iter()
         .map(|(name, path, created_at)| Flow { name, path, created_at })

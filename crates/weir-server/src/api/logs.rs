@@ -31,16 +31,17 @@ pub struct LogPage {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     /// Lines after this sequence number (default: from the start).
-    #[param(minimum = 0)]
+    #[param(value_type = i64, required = false, minimum = 0)]
     pub after: Option<i64>,
     /// Page size, 1–5000 (default 1000).
-    #[param(minimum = 1, maximum = 5000)]
+    #[param(value_type = u32, required = false, minimum = 1, maximum = 5000)]
     pub limit: Option<u32>,
     /// Wait up to this many seconds, 0–60, for new lines when there are none yet.
-    #[param(minimum = 0, maximum = 60)]
+    #[param(value_type = u32, required = false, minimum = 0, maximum = 60)]
     pub follow: Option<u32>,
 }
 

@@ -8,19 +8,33 @@ use crate::error::ApiError;
 
 /// Paging of name-ordered lists.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NamePageQuery {
     /// Page size, 1–1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
+    #[param(value_type = u32, required = false, minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page (a name).
+    #[param(value_type = String, required = false, max_length = 256, pattern = r"^[^\u0000]*$")]
     pub cursor: Option<String>,
 }
 
+impl NamePageQuery {
+    /// The cursor, checked as documented.
+    pub(crate) fn cursor(&self) -> Result<&str, ApiError> {
+        let c = self.cursor.as_deref().unwrap_or("");
+        check_text("cursor", c, 256)?;
+        Ok(c)
+    }
+}
+
+/// A state name exactly as the document's enum spells it (`Failed`, not `failed`).
 pub(crate) fn state_param(s: Option<String>) -> Result<Option<State>, ApiError> {
     s.map(|s| {
-        s.parse()
-            .map_err(|e: weir_types::state::UnknownState| ApiError::invalid(e.to_string(), Some("state".into())))
+        State::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| ApiError::invalid(weir_types::state::UnknownState(s).to_string(), Some("state".into())))
     })
     .transpose()
 }
@@ -35,10 +49,13 @@ pub(crate) fn id_param<T: std::str::FromStr>(s: &str, field: &str, what: &str) -
     })
 }
 
+/// Text within `max` characters (Unicode scalar values: what JSON Schema's `maxLength`
+/// counts, so the OpenAPI document can state the limit exactly) and without NUL.
 pub(crate) fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.len() > max {
+    // Fewer bytes than the limit are fewer characters too: count only when it can matter.
+    if value.len() > max && value.chars().count() > max {
         return Err(ApiError::invalid(
-            format!("{field} is longer than {max} bytes"),
+            format!("{field} is longer than {max} characters"),
             Some(field.to_string()),
         ));
     }

@@ -47,19 +47,20 @@ pub struct TaskRunPage {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRunQuery {
     /// Only task runs of this flow run.
-    #[param(value_type = Option<uuid::Uuid>)]
+    #[param(value_type = uuid::Uuid, required = false)]
     pub flow_run_id: Option<String>,
     /// Only task runs in this state.
-    #[param(value_type = Option<weir_types::State>)]
+    #[param(value_type = weir_types::State, required = false)]
     pub state: Option<String>,
     /// Page size, 1–1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
+    #[param(value_type = u32, required = false, minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = r"^-?[0-9]{1,19}:[0-9a-fA-F-]{36}$")]
+    #[param(value_type = String, required = false, pattern = r"^-?[0-9]{1,19}:[0-9a-fA-F-]{36}$")]
     pub cursor: Option<String>,
 }
 

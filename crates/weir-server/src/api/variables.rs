@@ -27,6 +27,7 @@ pub struct VariablePage {
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct Variable {
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,128}$", max_length = 128)]
     pub name: String,
     pub value: serde_json::Value,
     pub updated_at: i64,
@@ -64,7 +65,7 @@ async fn list_variables(
     let limit = in_range("limit", q.limit, 1, 1000)?.unwrap_or(100) as usize;
     let mut items: Vec<Variable> = app
         .db
-        .variables(q.cursor.as_deref().unwrap_or(""), limit + 1)
+        .variables(q.cursor()?, limit + 1)
         .await?
         .into_iter()
         .map(|(name, value, updated_at)| Variable {
@@ -82,7 +83,7 @@ async fn list_variables(
 
 /// One variable.
 #[utoipa::path(get, path = "/variables/{name}", params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,128}$", max_length = 128)),
-    responses((status = 200, body = Variable), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Variable), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn get_variable(AxState(app): AxState<AppState>, Path(name): Path<String>) -> Result<Json<Variable>, ApiError> {
     check_var_name(&name)?;
     let (value, updated_at) = app.db.variable(&name).await?;
@@ -95,7 +96,7 @@ async fn get_variable(AxState(app): AxState<AppState>, Path(name): Path<String>)
 
 /// Sets a variable (a small named JSON value, at most 64 KiB).
 #[utoipa::path(put, path = "/variables/{name}", params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,128}$", max_length = 128)), request_body = VariableValue,
-    responses((status = 200, body = Variable), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = Variable), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn put_variable(
     AxState(app): AxState<AppState>,
     Path(name): Path<String>,

@@ -7,10 +7,11 @@ use weir_types::{FlowRunId, FlowRunRecord, State, StateRecord};
 use super::query::{Query, cursor_of, opt, parse, parse_cursor};
 use super::{Db, DbError};
 
-const FLOW_COLS: &str = "id, flow_name, flow_path, parent_flow_run_id, parent_task_run_id, state, parameters, \
-     created_at, started_at, ended_at, error, hostname, pid";
+pub(super) const FLOW_COLS: &str = "id, flow_name, flow_path, parent_flow_run_id, parent_task_run_id, state, parameters, \
+     created_at, started_at, ended_at, error, hostname, pid, deployment, scheduled_at, work_pool, worker, retry_of, \
+     cancel_requested";
 
-fn flow_run(row: &AnyRow) -> Result<FlowRunRecord, sqlx::Error> {
+pub(super) fn flow_run(row: &AnyRow) -> Result<FlowRunRecord, sqlx::Error> {
     let params: String = row.try_get("parameters")?;
     Ok(FlowRunRecord {
         id: parse(row.try_get("id")?)?,
@@ -27,6 +28,12 @@ fn flow_run(row: &AnyRow) -> Result<FlowRunRecord, sqlx::Error> {
         hostname: row.try_get("hostname")?,
         pid: row.try_get::<i64, _>("pid")? as u32,
         tags: Vec::new(),
+        deployment: row.try_get("deployment")?,
+        scheduled_at: row.try_get("scheduled_at")?,
+        work_pool: row.try_get("work_pool")?,
+        worker: row.try_get("worker")?,
+        retry_of: opt(row.try_get("retry_of")?)?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
     })
 }
 
@@ -45,7 +52,7 @@ pub struct FlowRunFilter {
 
 impl Db {
     /// Tags of a page of runs in one query, not one per run.
-    async fn fill_tags(&self, runs: &mut [FlowRunRecord]) -> Result<(), sqlx::Error> {
+    pub(super) async fn fill_tags(&self, runs: &mut [FlowRunRecord]) -> Result<(), sqlx::Error> {
         if runs.is_empty() {
             return Ok(());
         }

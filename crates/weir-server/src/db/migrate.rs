@@ -10,12 +10,14 @@ impl Db {
             Kind::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
             Kind::Postgres => "BIGSERIAL PRIMARY KEY",
         };
-        let migrations: [(i64, String); 2] = [
+        let migrations = [
             (
                 1,
                 include_str!("../../migrations/0001_init.sql").replace("{{SEQUENCE_KEY}}", sequence_key),
             ),
             (2, include_str!("../../migrations/0002_list_indexes.sql").to_string()),
+            (3, include_str!("../../migrations/0003_deployments.sql").to_string()),
+            (4, include_str!("../../migrations/0004_blocks.sql").to_string()),
         ];
         sqlx::query("CREATE TABLE IF NOT EXISTS weir_migrations (version BIGINT PRIMARY KEY)")
             .execute(&self.pool)

@@ -5,11 +5,15 @@
 //! BIGINT microsecond times, ids and JSON as TEXT. Only the migrations differ per database.
 //!
 //! One module per table, each an `impl Db` block: [`flow_runs`], [`task_runs`], [`events`]
-//! (a batch of snapshots, states and log lines, written together), [`flows`], [`variables`];
+//! (a batch of snapshots, states and log lines, written together), [`flows`], [`variables`],
+//! [`blocks`] (configuration documents, secrets encrypted);
 //! [`rules`] holds the orchestration rules, [`migrate`] runs the schema and [`query`] builds
 //! list queries and decodes rows. Errors are [`DbError`]s, which
 //! `crate::error` turns into HTTP answers.
 
+mod blocks;
+mod claims;
+mod deployments;
 mod events;
 mod flow_runs;
 mod flows;
@@ -22,6 +26,9 @@ mod variables;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
+pub use blocks::{RotateError, StoredBlock, StoredBlockType, StoredSecret};
+pub use claims::{CrashOutcome, WorkerSweep};
+pub use deployments::{NewRun, PutOutcome};
 pub use events::Refusal;
 pub use flow_runs::FlowRunFilter;
 
@@ -39,6 +46,8 @@ pub struct Db {
     /// SQLite has one writer at a time; writers queue here instead of in SQLite's busy
     /// handler, which sleeps (milliseconds each) between its tries.
     pub(crate) write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Where it connected, for PostgreSQL's `LISTEN` connection.
+    pub(crate) url: std::sync::Arc<str>,
 }
 
 /// Why a database operation failed.
@@ -50,14 +59,29 @@ pub enum DbError {
     /// The request cannot be answered as given (a bad cursor): the client's mistake.
     #[error("{message}")]
     Invalid { message: String, field: &'static str },
+    /// The request conflicts with the database's state (the message says how).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
 }
 
 /// The final states, as an SQL list.
 pub(crate) const FINAL: &str = "('Completed','Cached','Failed','TimedOut','Cancelled','Crashed')";
+/// The states of a claimed run that has not ended, as an SQL list.
+pub(crate) const CLAIMED: &str = "('Pending','Running','Retrying')";
+/// The states of a run waiting for a worker, as an SQL list.
+pub(crate) const WAITING: &str = "('Scheduled','Late')";
 
 impl Db {
+    /// The lock every SQLite writer takes (SQLite has one writer at a time); none on PostgreSQL.
+    pub(crate) async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.kind {
+            Kind::Sqlite => Some(self.write_lock.lock().await),
+            Kind::Postgres => None,
+        }
+    }
+
     /// Connects to `url` (`sqlite://path` or `postgres://…`) and migrates the schema.
     pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
         sqlx::any::install_default_drivers();
@@ -70,6 +94,7 @@ impl Db {
                 format!("unsupported database URL '{url}' (expected sqlite://PATH or postgres://…)").into(),
             ));
         };
+        let original = url;
         let url = match kind {
             // Create the file if it does not exist.
             Kind::Sqlite if !url.contains("mode=") => {
@@ -88,6 +113,10 @@ impl Db {
                         sqlx::query("PRAGMA journal_mode=WAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA synchronous=NORMAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA busy_timeout=10000").execute(&mut *conn).await?;
+                        // 64 MiB of page cache per connection (the default is 2 MiB): the
+                        // task-run indexes an ingest batch updates stay in memory.
+                        sqlx::query("PRAGMA cache_size=-65536").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA temp_store=MEMORY").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
@@ -98,6 +127,7 @@ impl Db {
             pool,
             kind,
             write_lock: Default::default(),
+            url: original.into(),
         };
         db.migrate().await?;
         Ok(db)

@@ -36,7 +36,14 @@ pub(super) fn parse_cursor(c: &str) -> Result<(i64, String), DbError> {
         field: "cursor",
     };
     let (t, id) = c.split_once(':').ok_or_else(bad)?;
-    let t: i64 = t.parse().map_err(|_| bad())?;
+    // Exactly the documented form, `-?[0-9]{1,19}`; a time beyond i64 (only a hand-made
+    // cursor has one) means "before everything" or "after everything".
+    let digits = t.strip_prefix('-').unwrap_or(t);
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let t: i128 = t.parse().map_err(|_| bad())?;
+    let t = t.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
     uuid_like(id).then_some((t, id.to_string())).ok_or_else(bad)
 }
 

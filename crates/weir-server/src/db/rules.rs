@@ -1,6 +1,6 @@
 //! The orchestration rules: which snapshot of a run may replace the stored one.
 //!
-//! A run moves forward only: `Pending` → `Running` → (`Retrying` → `Running` of the next
+//! A run moves forward only: (`Scheduled` → `Late` →, for runs of a deployment) `Pending` → `Running` → (`Retrying` → `Running` of the next
 //! attempt)* → a final state, which it keeps for good. A snapshot behind the stored one (a
 //! late `Running` after `Retrying` of the same attempt) is refused as stale; one that
 //! contradicts a final state is refused as a conflict; the same final state again is a
@@ -17,15 +17,20 @@ use super::FINAL;
 /// How far along a run in `state` is.
 pub(crate) fn progress(state: State) -> u8 {
     match state {
-        State::Pending => 0,
-        State::Running => 1,
-        State::Retrying => 2,
-        _ => 3,
+        State::Scheduled => 0,
+        State::Late => 1,
+        State::Pending => 2,
+        State::Running => 3,
+        State::Retrying => 4,
+        State::Completed | State::Cached | State::Failed | State::TimedOut | State::Cancelled | State::Crashed => 5,
     }
 }
 
 fn progress_sql(col: &str) -> String {
-    format!("(CASE {col} WHEN 'Pending' THEN 0 WHEN 'Running' THEN 1 WHEN 'Retrying' THEN 2 ELSE 3 END)")
+    format!(
+        "(CASE {col} WHEN 'Scheduled' THEN 0 WHEN 'Late' THEN 1 WHEN 'Pending' THEN 2 WHEN 'Running' THEN 3 \
+         WHEN 'Retrying' THEN 4 ELSE 5 END)"
+    )
 }
 
 /// The `WHERE` of the flow run upsert.
@@ -117,6 +122,17 @@ mod tests {
     fn runs_only_move_forward() {
         assert_eq!(decide_flow(None, Running), Decision::Write);
         assert_eq!(decide_flow(Some(Pending), Running), Decision::Write);
+        assert_eq!(decide_flow(Some(Scheduled), Late), Decision::Write);
+        assert_eq!(decide_flow(Some(Late), Pending), Decision::Write);
+        assert_eq!(decide_flow(Some(Scheduled), Running), Decision::Write);
+        assert!(matches!(
+            decide_flow(Some(Pending), Scheduled),
+            Decision::Reject { code: "stale", .. }
+        ));
+        assert!(matches!(
+            decide_flow(Some(Late), Scheduled),
+            Decision::Reject { code: "stale", .. }
+        ));
         assert_eq!(decide_flow(Some(Running), Running), Decision::Write);
         assert!(matches!(
             decide_flow(Some(Running), Pending),

@@ -3,6 +3,8 @@
 //! ```text
 //! cache_probe key forward|reverse   print the cache key of a call with a HashMap input
 //! cache_probe run N                 run a flow with one cached task; print hit|miss
+//! cache_probe block NAME            load the s3-bucket block NAME; print bucket, secret, Debug
+//! cache_probe block-json TYPE/NAME  load a block's document; print it
 //! cache_probe big BYTES             run a flow whose cached task returns BYTES bytes
 //! cache_probe chunky N              run N cached tasks one after another, each returning a
 //!                                   result stored as a blob (a tenth of them one shared
@@ -357,6 +359,19 @@ async fn main() -> anyhow::Result<()> {
                 .context("weigh is cached")?
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{key}");
+        }
+        ["block", name] => {
+            // Prints the bucket, its secret (revealed for this client) and its Debug form.
+            let b = weir::Block::load::<weir::blocks::S3Bucket>(name).await?;
+            let secret = b
+                .credentials
+                .as_ref()
+                .map(|c| c.secret_access_key.clone())
+                .unwrap_or_default();
+            println!("{} {secret} {b:?}", b.bucket);
+        }
+        ["block-json", address] => {
+            println!("{}", weir::Block::load_json(address).await?);
         }
         ["run", n] => {
             let (r, report) = probe(n.parse()?).with_report().await;

@@ -14,15 +14,26 @@ async fn main() -> anyhow::Result<()> {
     let [db, addr] = args.as_slice() else {
         anyhow::bail!("usage: server_probe DB_FILE ADDR");
     };
-    let db = weir_server::Db::connect(&format!("sqlite://{db}"))
-        .await
-        .context("server database")?;
-    let app = weir_server::app(db, None);
+    // The key file beside the database, so a restarted server reads its blocks' secrets.
+    let key_file = std::path::Path::new(db.as_str()).with_extension("key");
+    let key = weir_server::secrets::SecretKey::load_or_create(&key_file)?;
+    let app = weir_server::app_with_secret_key(
+        weir_server::Db::connect(&format!("sqlite://{db}"))
+            .await
+            .context("server database")?,
+        None,
+        key,
+    );
     let listener = tokio::net::TcpListener::bind(addr.as_str()).await.context("bind")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening {}", listener.local_addr()?)?;
     out.flush()?;
     drop(out);
-    axum::serve(listener, app).await?;
+    // Peers' addresses, as `weir server start` has them: blocks reveal secrets to loopback.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }
