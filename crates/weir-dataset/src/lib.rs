@@ -155,6 +155,17 @@ impl Dataset {
     }
 }
 
+/// An S3 root for [`DatasetRoot::s3`] (what an `s3-bucket` block holds).
+#[derive(Clone, Default)]
+pub struct S3Root {
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Access key id and secret.
+    pub credentials: Option<(String, String)>,
+}
+
 /// What `latest/dataset=<name>/latest.json` holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Latest {
@@ -216,34 +227,54 @@ impl DatasetRoot {
                     .host_str()
                     .filter(|b| !b.is_empty())
                     .ok_or_else(|| config(format!("'{location}' names no bucket (s3://bucket/prefix)")))?;
-                let prefix = url.path().trim_matches('/');
-                let mut b = opendal::services::S3::default()
-                    .bucket(bucket)
-                    .root(&format!("/{prefix}"))
-                    .region(
-                        &query("region")
-                            .or_else(|| std::env::var("AWS_REGION").ok())
-                            .unwrap_or_else(|| "us-east-1".into()),
-                    )
-                    .disable_ec2_metadata();
-                if let Some(endpoint) = query("endpoint").or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()) {
-                    b = b.endpoint(&endpoint);
-                }
-                if let (Ok(id), Ok(secret)) = (
+                let endpoint = query("endpoint").or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+                let credentials = match (
                     std::env::var("AWS_ACCESS_KEY_ID"),
                     std::env::var("AWS_SECRET_ACCESS_KEY"),
                 ) {
-                    b = b.access_key_id(&id).secret_access_key(&secret);
-                }
-                let op = opendal::Operator::new(b)
-                    .map_err(|e| config(format!("cannot open '{location}': {e}")))?
-                    .layer(opendal::layers::RetryLayer::new());
-                Ok(DatasetRoot::object(op, location.split('?').next().unwrap_or(location)))
+                    (Ok(id), Ok(secret)) => Some((id, secret)),
+                    _ => None,
+                };
+                DatasetRoot::s3(S3Root {
+                    bucket: bucket.to_string(),
+                    prefix: url.path().trim_matches('/').to_string(),
+                    endpoint,
+                    region: query("region"),
+                    credentials,
+                })
             }
             other => Err(config(format!(
                 "'{location}': unsupported scheme '{other}' (a path, file:// or s3://)"
             ))),
         }
+    }
+
+    /// A bucket and prefix on S3 (or an S3-compatible server at `endpoint`, path-style).
+    /// Without `credentials` the `AWS_*` variables apply; the region defaults to `AWS_REGION`,
+    /// else `us-east-1`.
+    pub fn s3(root: S3Root) -> Result<DatasetRoot, DatasetError> {
+        let location = format!("s3://{}/{}", root.bucket, root.prefix);
+        let mut b = opendal::services::S3::default()
+            .bucket(&root.bucket)
+            .root(&format!("/{}", root.prefix))
+            .region(
+                &root
+                    .region
+                    .or_else(|| std::env::var("AWS_REGION").ok())
+                    .unwrap_or_else(|| "us-east-1".into()),
+            )
+            // Only what we are told: no instance metadata probing on a laptop.
+            .disable_ec2_metadata();
+        if let Some(endpoint) = &root.endpoint {
+            b = b.endpoint(endpoint);
+        }
+        if let Some((id, secret)) = &root.credentials {
+            b = b.access_key_id(id).secret_access_key(secret);
+        }
+        let op = opendal::Operator::new(b)
+            .map_err(|e| DatasetError::Config(format!("cannot open '{location}': {e}")))?
+            .layer(opendal::layers::RetryLayer::new());
+        Ok(DatasetRoot::object(op, location))
     }
 
     /// `WEIR_DATASETS` (a path or URL), else `$WEIR_HOME/datasets` (`~/.weir/datasets`).

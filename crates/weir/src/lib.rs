@@ -85,7 +85,7 @@ mod task;
 pub mod testing;
 
 pub use artifact::{Artifact, ArtifactWriter};
-pub use blocks::Block;
+pub use blocks::{Block, dataset_root};
 pub use cache::{KeyError, KeyMaterial, OnDuplicate};
 pub use flow::{FlowCall, FlowError, FlowSpec, RunReport};
 pub use map::{DEFAULT_MAP_LIMIT, MapCall, MapExt, all};
