@@ -160,3 +160,37 @@ async fn a_flow_keeps_its_results_in_the_bucket_a_block_names() {
         "{stderr}"
     );
 }
+
+/// A dataset root named by an `s3-bucket` block: written with the block's credentials only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_root_can_be_an_s3_bucket_block() {
+    let Some(endpoint) = moto_endpoint() else { return };
+    let bucket = moto_bucket(&endpoint, "dsblock");
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, api) = ServerProcess::start(&dir.path().join("server.db"));
+    let client = weir_client::Client::new(&api, None).unwrap();
+    let addr: BlockAddress = "s3-bucket/lake".parse().unwrap();
+    client
+        .put_block(
+            &addr,
+            json!({"bucket": bucket, "prefix": "datasets", "endpoint": endpoint,
+                "credentials": {"access_key_id": "moto-id", "secret_access_key": SECRET}}),
+        )
+        .await
+        .unwrap();
+    let mut settings = weir::Settings::from_env();
+    settings.api_url = Some(api.clone());
+    settings.api_key = None;
+    weir::configure(settings).unwrap();
+
+    let root = weir::dataset_root("block:s3-bucket/lake").await.unwrap();
+    assert_eq!(root.location(), format!("s3://{bucket}/datasets"));
+    let ds = weir::Dataset::new("from_block").partition("rundate", "2022-10-23");
+    root.write(&ds, "a\n1\n").await.unwrap();
+    let (latest, data) = root.read_latest("from_block").await.unwrap();
+    assert_eq!(latest.path, "csv/dataset=from_block/rundate=2022-10-23/data.csv");
+    assert_eq!(&data[..], b"a\n1\n");
+
+    let err = weir::dataset_root("block:json/lake").await.err().unwrap();
+    assert!(err.to_string().contains("not 'json'"), "{err}");
+}

@@ -55,6 +55,36 @@ impl Block {
     }
 }
 
+/// A dataset root from a location: `block:s3-bucket/NAME` or `block:local-file-system/NAME`
+/// (read from the server, credentials included), else a folder path or URL as
+/// [`weir_dataset::DatasetRoot::parse`] takes.
+pub async fn dataset_root(location: &str) -> Result<weir_dataset::DatasetRoot, BlockError> {
+    let Some(address) = location.strip_prefix("block:") else {
+        return weir_dataset::DatasetRoot::parse(location).map_err(|e| BlockError::Address(e.to_string()));
+    };
+    let addr: BlockAddress = address.parse().map_err(BlockError::Address)?;
+    match addr.block_type.as_str() {
+        S3Bucket::TYPE => {
+            let b = Block::load::<S3Bucket>(&addr.name).await?;
+            weir_dataset::DatasetRoot::s3(weir_dataset::S3Root {
+                bucket: b.bucket,
+                prefix: b.prefix.trim_matches('/').to_string(),
+                endpoint: b.endpoint,
+                region: b.region,
+                credentials: b.credentials.map(|c| (c.access_key_id, c.secret_access_key)),
+            })
+            .map_err(|e| BlockError::Address(e.to_string()))
+        }
+        LocalFileSystem::TYPE => {
+            let b = Block::load::<LocalFileSystem>(&addr.name).await?;
+            Ok(weir_dataset::DatasetRoot::folder(b.basepath))
+        }
+        other => Err(BlockError::Address(format!(
+            "a dataset root is an s3-bucket or local-file-system block, not '{other}'"
+        ))),
+    }
+}
+
 /// Resolves `WEIR_RESULTS=block:TYPE/NAME` to a store location and its credentials. Called
 /// while the engine starts, which may be on an async worker: the request runs on its own
 /// thread and runtime, bounded by the client's timeouts (5 s to connect, 30 s in all).

@@ -37,6 +37,9 @@ pub(crate) struct FlowRunCtx {
     /// The root flow run of this tree (this run's own id for a root).
     pub root: FlowRunId,
     pub name: &'static str,
+    /// The run's parameters as JSON (`Null` if they could not be serialized); shell tasks
+    /// hand them to their child as `WEIR_PARAMETERS`.
+    pub params: Arc<serde_json::Value>,
     /// Counters of this flow run's own task runs.
     pub counters: Arc<Counters>,
     /// Counters shared by the whole tree of runs under one root flow run (the progress line).

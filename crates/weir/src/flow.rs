@@ -202,6 +202,7 @@ async fn run<T: Send + 'static>(parts: Parts<T>) -> (Result<T, FlowError>, RunRe
         id,
         root,
         name: spec.name,
+        params: Arc::new(parts.params.as_ref().ok().cloned().unwrap_or(serde_json::Value::Null)),
         root_counters: parent
             .flow
             .as_ref()

@@ -80,17 +80,20 @@ pub mod logging;
 mod map;
 mod remote;
 mod settings;
+mod shell;
 mod task;
 pub mod testing;
 
 pub use artifact::{Artifact, ArtifactWriter};
-pub use blocks::Block;
+pub use blocks::{Block, dataset_root};
 pub use cache::{KeyError, KeyMaterial, OnDuplicate};
 pub use flow::{FlowCall, FlowError, FlowSpec, RunReport};
 pub use map::{DEFAULT_MAP_LIMIT, MapCall, MapExt, all};
 pub use settings::{AlreadyConfigured, ProgressMode, Settings, configure};
+pub use shell::{Shell, ShellError, shell};
 pub use task::{Backoff, CachePolicy, TaskCall, TaskError, TaskHandle, TaskOutput, TaskSpec};
 pub use weir_cache::{CacheKey, Format};
+pub use weir_dataset::{Dataset, DatasetRoot};
 pub use weir_macros::{flow, task};
 pub use weir_types::{CacheStatus, FlowRunId, State, TaskRunId};
 
@@ -99,6 +102,12 @@ pub use schemars;
 /// Flow parameter types implement this (`#[derive(schemars::JsonSchema)]`, with `schemars = "1"`
 /// in your `Cargo.toml`, the same way they derive serde's traits).
 pub use schemars::JsonSchema;
+
+/// Hive-style datasets on a folder or S3 with an atomic `latest` pointer (the `weir-dataset`
+/// crate): `weir::dataset::Format::Parquet`, `weir::dataset::DatasetError`, …
+pub mod dataset {
+    pub use weir_dataset::*;
+}
 
 /// `use weir::prelude::*;` brings in what flows and tasks need.
 pub mod prelude {
