@@ -298,13 +298,7 @@ async fn one_refused_event_does_not_lose_the_rest_of_its_batch() {
     let client = weir_client::Client::new(&api, None).unwrap();
     let run = client.flow_run(flow).await.unwrap();
     assert_eq!(run.state, State::Completed, "events after the refused one arrived");
-    let logs: Vec<String> = client
-        .logs(flow)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.message)
-        .collect();
+    let logs = log_messages(&client, flow).await;
     assert_eq!(logs, vec!["first".to_string(), "kept".to_string()]);
     assert!(spool_files(home.path()).is_empty());
 }
@@ -528,6 +522,17 @@ async fn the_spool_holds_at_most_its_bound_and_says_what_it_lost() {
 
 /// A dead process's spool (`1-1-dead.jsonl`) of one flow run: Running, the log lines, then
 /// Completed. Returns the run's id.
+/// The messages of a flow run's log lines, in order.
+async fn log_messages(client: &weir_client::Client, flow: weir_types::FlowRunId) -> Vec<String> {
+    client
+        .logs(flow)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.message)
+        .collect()
+}
+
 fn dead_spool(home: &Path, api: &str, logs: &[&str]) -> weir_types::FlowRunId {
     let flow = weir_types::FlowRunId::new();
     let rec = |state: State| {
@@ -607,13 +612,7 @@ async fn an_event_the_server_always_fails_on_is_dropped_and_the_rest_delivered()
     let client = weir_client::Client::new(&api, None).unwrap();
     let run = client.flow_run(flow).await.unwrap();
     assert_eq!(run.state, State::Completed, "events after the poisoned one arrived");
-    let logs: Vec<String> = client
-        .logs(flow)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.message)
-        .collect();
+    let logs = log_messages(&client, flow).await;
     assert_eq!(logs, vec!["first".to_string(), "kept".to_string()]);
     assert!(spool_files(home.path()).is_empty());
 }
